@@ -72,6 +72,18 @@ pub enum Error {
         /// The index of the entry offered.
         got: u64,
     },
+    /// An entry's term is lower than the term of the entry before it (terms never go down
+    /// along a Raft log).
+    #[error("entry {log_id} has a lower term than the entry before it (term {previous_term})")]
+    TermRegression {
+        /// The entry offered.
+        log_id: crate::entry::LogId,
+        /// The term of the entry before it.
+        previous_term: u64,
+    },
+    /// An append with no entries.
+    #[error("nothing to append")]
+    NothingToAppend,
     /// A batch would push offsets past `u64::MAX`.
     #[error("offset overflow appending {records} records at offset {base_offset}")]
     OffsetOverflow {
@@ -165,6 +177,8 @@ impl Error {
                 | Error::EmptyBatch
                 | Error::EntryTooLarge { .. }
                 | Error::NonContiguousAppend { .. }
+                | Error::TermRegression { .. }
+                | Error::NothingToAppend
                 | Error::OffsetOverflow { .. }
                 | Error::OffsetOutOfRange { .. }
                 | Error::IndexOutOfRange { .. }

@@ -19,6 +19,7 @@
 
 mod config;
 mod flush;
+mod lock;
 mod open;
 mod read;
 mod start;
@@ -27,7 +28,6 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -387,7 +387,7 @@ pub(crate) struct LogInner {
     /// Set once closed (or abandoned): flushes stop touching the files.
     closed: AtomicBool,
     /// The directory lock, held until the log is closed.
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<lock::DirLock>>,
     #[cfg(test)]
     fail_next_flush: AtomicBool,
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use super::flush::{DurableState, FlushIo};
+use super::lock::DirLock;
 use super::start::LogStart;
 use super::write::{Tail, create_active};
 use super::{ActiveView, FsyncPolicy, LogConfig, LogInner, View, Writer};
@@ -34,13 +35,10 @@ use crate::segment::{
     scan_file, start_cursor, write_sealed_index,
 };
 
-/// File name of the directory lock.
-const LOCK_FILE: &str = "LOCK";
-
 pub(crate) fn open(dir: &Path, mut config: LogConfig) -> Result<Arc<LogInner>> {
     config.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let lock = lock_dir(dir)?;
+    let lock = DirLock::acquire(dir)?;
     let flusher = match config.flusher.take() {
         Some(flusher) => flusher,
         None => super::Flusher::new()?,
@@ -99,23 +97,6 @@ pub(crate) fn open(dir: &Path, mut config: LogConfig) -> Result<Arc<LogInner>> {
         inner.flusher.flush_every(Arc::downgrade(&inner), every);
     }
     Ok(inner)
-}
-
-fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
 }
 
 /// Segments by first index → first offset, after removing leftovers (temporary files, index

@@ -76,7 +76,7 @@ impl LogInner {
         ids: Vec<LogId>,
     ) -> Result<Appending> {
         if bodies.is_empty() {
-            return Err(Error::InvalidConfig("append of no entries".into()));
+            return Err(Error::NothingToAppend);
         }
         let mut w = self.lock_writer();
         self.writable(&mut w)?;
@@ -103,9 +103,10 @@ impl LogInner {
                 });
             }
             if log_id.term < term_floor {
-                return Err(Error::InvalidConfig(format!(
-                    "entry {log_id} has a lower term than the entry before it ({term_floor})"
-                )));
+                return Err(Error::TermRegression {
+                    log_id,
+                    previous_term: term_floor,
+                });
             }
             let size = (ENTRY_HEADER_LEN + body.len()) as u64;
             if size > self.config.max_entry_bytes {
@@ -136,7 +137,7 @@ impl LogInner {
         }
         drop(w);
         let (Some(first), Some(last)) = (first, last) else {
-            return Err(Error::InvalidConfig("append of no entries".into()));
+            return Err(Error::NothingToAppend);
         };
         if self.config.fsync == super::FsyncPolicy::Always {
             self.request_flush();
