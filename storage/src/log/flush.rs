@@ -32,6 +32,17 @@ pub(crate) struct DurableState {
     pub poisoned: Option<String>,
 }
 
+/// When a flush checkpoints the active segment's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checkpoint {
+    /// If `checkpoint_interval` has passed (and the policy syncs at all).
+    IfDue,
+    /// Now (an explicit flush).
+    Now,
+    /// Now, marking the segment cleanly closed.
+    Clean,
+}
+
 /// State of the flush in progress; its mutex is held while flushing.
 pub(crate) struct FlushIo {
     /// First index of the active segment the flushed position below refers to.
@@ -39,6 +50,11 @@ pub(crate) struct FlushIo {
     /// Data position up to which the active segment is synced.
     pub active_flushed: usize,
     pub last_checkpoint: Option<Instant>,
+    /// Appends counted at the previous flush's snapshot, how many it covered, and how long
+    /// its sync took: the basis of the group-commit delay.
+    pub appends_at_snapshot: u64,
+    pub last_group: u64,
+    pub last_sync: Duration,
 }
 
 impl LogInner {
@@ -157,18 +173,21 @@ impl LogInner {
         }
     }
 
-    /// Syncs everything written so far, finishes pending seals, advances durability and, if
-    /// due (or `clean`), checkpoints the active index. `clean` also marks a clean close.
-    pub(crate) fn flush_now(&self, clean: bool) -> Result<()> {
+    /// Syncs everything written so far, finishes pending seals, advances durability and
+    /// checkpoints the active index as `checkpoint` says.
+    pub(crate) fn flush_now(&self, checkpoint: Checkpoint) -> Result<()> {
         let mut io = self.lock_flush_io();
-        self.flush_locked(&mut io, clean)
+        self.flush_locked(&mut io, checkpoint)
     }
 
-    pub(crate) fn flush_locked(&self, io: &mut FlushIo, clean: bool) -> Result<()> {
+    pub(crate) fn flush_locked(&self, io: &mut FlushIo, checkpoint: Checkpoint) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
         self.check_poisoned()?;
+        if checkpoint == Checkpoint::IfDue {
+            self.gather_group(io);
+        }
         let (target_next, target_end_offset, seals, map, end, active_first, index) = {
             let mut v = self.write_view();
             (
@@ -181,6 +200,10 @@ impl LogInner {
                 v.active.index.clone(),
             )
         };
+        let appends = self.appends.load(Ordering::Acquire);
+        io.last_group = appends - io.appends_at_snapshot;
+        io.appends_at_snapshot = appends;
+        let sync_started = Instant::now();
         if io.active_first_index != active_first {
             io.active_first_index = active_first;
             io.active_flushed = 0;
@@ -206,6 +229,7 @@ impl LogInner {
             }
             Ok(())
         })();
+        io.last_sync = sync_started.elapsed();
         if let Err(e) = synced {
             self.poison(&e);
             return Err(e);
@@ -225,7 +249,8 @@ impl LogInner {
         let due = io
             .last_checkpoint
             .is_none_or(|at| at.elapsed() >= self.config.checkpoint_interval);
-        if clean || (due && self.config.fsync != FsyncPolicy::Never) {
+        let clean = checkpoint == Checkpoint::Clean;
+        if checkpoint != Checkpoint::IfDue || (due && self.config.fsync != FsyncPolicy::Never) {
             let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
             let (tail, end) = {
                 let v = self.read_view();
@@ -251,6 +276,22 @@ impl LogInner {
         Ok(())
     }
 
+    /// Group commit: when the previous flush covered appends from several writers, they
+    /// were released together and are appending again now. Waiting a moment for all of them
+    /// lets one sync cover the whole group instead of splitting it in two (PostgreSQL's
+    /// `commit_delay` with `commit_siblings`). A lone writer never waits.
+    fn gather_group(&self, io: &mut FlushIo) {
+        if io.last_group < 2 {
+            return;
+        }
+        let deadline = Instant::now() + (io.last_sync / 4).min(Duration::from_micros(200));
+        while self.appends.load(Ordering::Acquire) - io.appends_at_snapshot < io.last_group
+            && Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
+    }
+
     /// Flushes, marks the index clean, refuses further appends and releases the directory.
     pub(crate) fn close(&self) -> Result<()> {
         let mut w = self.lock_writer();
@@ -260,7 +301,7 @@ impl LogInner {
         w.closed = true;
         // A failed truncation may have left no active segment to close.
         let flushed = if w.active.is_some() {
-            self.flush_now(true)
+            self.flush_now(Checkpoint::Clean)
         } else {
             Ok(())
         };
@@ -403,7 +444,7 @@ fn run(shared: &Shared) {
             if let Some(log) = log.upgrade() {
                 log.flush_requested.store(false, Ordering::Release);
                 // A failure poisons the log and is reported to its appenders.
-                let _ = log.flush_now(false);
+                let _ = log.flush_now(Checkpoint::IfDue);
             }
         }
         queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());

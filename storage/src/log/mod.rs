@@ -332,7 +332,7 @@ impl PartitionLog {
 
     /// Flushes everything written so far, whatever the policy, and checkpoints the index.
     pub fn flush(&self) -> Result<()> {
-        self.inner().flush_now(false)
+        self.inner().flush_now(flush::Checkpoint::Now)
     }
 
     /// Bounds of the log.
@@ -383,6 +383,8 @@ pub(crate) struct LogInner {
     durable_changed: Condvar,
     flusher: Flusher,
     flush_requested: AtomicBool,
+    /// Appends so far (append calls, not entries): the flusher's measure of concurrency.
+    appends: std::sync::atomic::AtomicU64,
     crashed: AtomicBool,
     /// Set once closed (or abandoned): flushes stop touching the files.
     closed: AtomicBool,

@@ -78,6 +78,9 @@ pub(crate) fn open(dir: &Path, mut config: LogConfig) -> Result<Arc<LogInner>> {
             active_first_index: active_first,
             active_flushed: active_end,
             last_checkpoint: None,
+            appends_at_snapshot: 0,
+            last_group: 0,
+            last_sync: std::time::Duration::ZERO,
         }),
         durable: Mutex::new(DurableState {
             durable_next: next_index,
@@ -87,6 +90,7 @@ pub(crate) fn open(dir: &Path, mut config: LogConfig) -> Result<Arc<LogInner>> {
         durable_changed: Condvar::new(),
         flusher,
         flush_requested: AtomicBool::new(false),
+        appends: std::sync::atomic::AtomicU64::new(0),
         crashed: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         lock: Mutex::new(Some(lock)),

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::flush::Checkpoint;
 use super::start::LogStart;
 use super::{
     ActiveView, Appended, Appending, LogConfig, LogInner, RetentionPolicy, Writer, now_ms,
@@ -136,6 +137,8 @@ impl LogInner {
             last = Some(appended);
         }
         drop(w);
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let (Some(first), Some(last)) = (first, last) else {
             return Err(Error::NothingToAppend);
         };
@@ -298,7 +301,7 @@ impl LogInner {
             });
         }
         let mut io = self.lock_flush_io();
-        self.flush_locked(&mut io, false)?;
+        self.flush_locked(&mut io, Checkpoint::IfDue)?;
         let result = self.truncate_locked(&mut w, keep_next);
         if let Err(e) = &result {
             self.poison(e);
@@ -510,7 +513,7 @@ impl LogInner {
             last_purged: Some(entry.log_id),
         };
         let mut io = self.lock_flush_io();
-        self.flush_locked(&mut io, false)?;
+        self.flush_locked(&mut io, Checkpoint::IfDue)?;
         new_start.write(&self.dir)?;
         let doomed: Vec<Arc<SealedSegment>> = {
             let mut v = self.write_view();
@@ -533,7 +536,7 @@ impl LogInner {
         let mut w = self.lock_writer();
         self.writable(&mut w)?;
         let mut io = self.lock_flush_io();
-        self.flush_locked(&mut io, false)?;
+        self.flush_locked(&mut io, Checkpoint::IfDue)?;
         let result = (|| {
             let (sealed, active_paths, max_timestamp) = {
                 let v = self.read_view();
