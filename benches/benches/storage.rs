@@ -269,7 +269,10 @@ fn open(c: &mut Criterion) {
                     let copy = temp_dir();
                     for entry in std::fs::read_dir(crashed.path()).unwrap() {
                         let entry = entry.unwrap();
-                        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+                        let target = copy.path().join(entry.file_name());
+                        std::fs::copy(entry.path(), &target).unwrap();
+                        // As after a real crash, the data is on disk, not dirty in memory.
+                        std::fs::File::open(&target).unwrap().sync_all().unwrap();
                     }
                     copy
                 },
