@@ -25,27 +25,22 @@ enum Located {
 
 /// The segment holding offset `offset`: the last one starting at or before it (segments
 /// without records share their first offset with the next one and hold nothing to read).
-fn locate_offset(v: &View, offset: u64) -> Located {
+/// `None` if the offset is before every segment (purged while a read was under way).
+fn locate_offset(v: &View, offset: u64) -> Option<Located> {
     if v.active.meta.first_offset <= offset {
-        return Located::Active;
+        return Some(Located::Active);
     }
     let i = v.sealed.partition_point(|s| s.first_offset <= offset);
-    match i.checked_sub(1).and_then(|i| v.sealed.get(i)) {
-        Some(s) => Located::Sealed(s.clone()),
-        None => Located::Active,
-    }
+    Some(Located::Sealed(v.sealed.get(i.checked_sub(1)?)?.clone()))
 }
 
-/// The segment holding entry `index`.
-fn locate_index(v: &View, index: u64) -> Located {
+/// The segment holding entry `index`, or `None` if it is before every segment.
+fn locate_index(v: &View, index: u64) -> Option<Located> {
     if v.active.meta.first_index <= index {
-        return Located::Active;
+        return Some(Located::Active);
     }
     let i = v.sealed.partition_point(|s| s.first_index <= index);
-    match i.checked_sub(1).and_then(|i| v.sealed.get(i)) {
-        Some(s) => Located::Sealed(s.clone()),
-        None => Located::Active,
-    }
+    Some(Located::Sealed(v.sealed.get(i.checked_sub(1)?)?.clone()))
 }
 
 /// Progress of a read of batches.
@@ -119,28 +114,33 @@ impl LogInner {
             batches: Vec::new(),
         };
         while !read.full() {
-            let located = locate_offset(&self.read_view(), read.at);
-            match located {
-                Located::Active => {
-                    let v = self.read_view();
-                    if v.active.meta.first_offset > read.at {
-                        continue; // rolled since we looked: locate again
-                    }
-                    read.collect(&v.active.entries, &v.active.map);
-                    break;
-                }
-                Located::Sealed(segment) => {
-                    let loaded = segment.load()?;
-                    let before = read.at;
-                    if !read.collect(&loaded.index, &loaded.data) {
+            let segment = {
+                let v = self.read_view();
+                match locate_offset(&v, read.at) {
+                    Some(Located::Active) => {
+                        read.collect(&v.active.entries, &v.active.map);
                         break;
                     }
-                    // Past the last batch of this segment: continue with the next one.
-                    read.at = read.at.max(segment.end_offset);
-                    if read.at == before && segment.end_offset == before {
-                        break;
+                    Some(Located::Sealed(segment)) => segment,
+                    None => {
+                        let (start, end) = (v.start.first_offset, v.next_offset);
+                        return Err(Error::OffsetOutOfRange {
+                            requested: read.at,
+                            start,
+                            end,
+                        });
                     }
                 }
+            };
+            let loaded = segment.load()?;
+            let before = read.at;
+            if !read.collect(&loaded.index, &loaded.data) {
+                break;
+            }
+            // Past the last batch of this segment: continue with the next one.
+            read.at = read.at.max(segment.end_offset);
+            if read.at == before {
+                break; // no progress: nothing readable follows
             }
         }
         let next_offset = if read.batches.is_empty() {
@@ -165,51 +165,51 @@ impl LogInner {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while index < end && (out.is_empty() || bytes < max_bytes) {
-            let located = locate_index(&self.read_view(), index);
-            match located {
-                Located::Active => {
-                    let v = self.read_view();
-                    let Some(from) = index.checked_sub(v.active.meta.first_index) else {
-                        continue;
-                    };
-                    for e in v.active.entries.iter().skip(from as usize) {
-                        if index >= end || (!out.is_empty() && bytes >= max_bytes) {
-                            break;
+            let segment = {
+                let v = self.read_view();
+                match locate_index(&v, index) {
+                    Some(Located::Active) => {
+                        let from = (index - v.active.meta.first_index) as usize;
+                        for e in v.active.entries.iter().skip(from) {
+                            if index >= end || (!out.is_empty() && bytes >= max_bytes) {
+                                break;
+                            }
+                            let entry = read_entry(&v.active.map, &v.active.paths.data, e, false)?;
+                            bytes += entry.body.len();
+                            out.push(entry);
+                            index += 1;
                         }
-                        let entry = read_entry(&v.active.map, &v.active.paths.data, e, false)?;
-                        bytes += entry.body.len();
-                        out.push(entry);
-                        index += 1;
+                        break;
                     }
-                    break;
+                    Some(Located::Sealed(segment)) => segment,
+                    None => break, // purged meanwhile: the range comes up short at the front
                 }
-                Located::Sealed(segment) => {
-                    let loaded = segment.load()?;
-                    while index < end.min(segment.end_index)
-                        && (out.is_empty() || bytes < max_bytes)
-                    {
-                        let i = (index - segment.first_index) as usize;
-                        let e = loaded.index.at(i).ok_or_else(|| {
-                            Error::corrupt(
-                                &segment.paths.index,
-                                0,
-                                format!("index entry {index} unreadable"),
-                            )
-                        })?;
-                        let entry =
-                            read_entry(&loaded.data, &segment.paths.data, &e, !loaded.verified)?;
-                        if entry.log_id.index != index {
-                            return Err(Error::corrupt(
-                                &segment.paths.data,
-                                u64::from(e.position),
-                                "entry has the wrong index",
-                            ));
-                        }
-                        bytes += entry.body.len();
-                        out.push(entry);
-                        index += 1;
-                    }
+            };
+            let loaded = segment.load()?;
+            let before = index;
+            while index < end.min(segment.end_index) && (out.is_empty() || bytes < max_bytes) {
+                let i = (index - segment.first_index) as usize;
+                let e = loaded.index.at(i).ok_or_else(|| {
+                    Error::corrupt(
+                        &segment.paths.index,
+                        0,
+                        format!("index entry {index} unreadable"),
+                    )
+                })?;
+                let entry = read_entry(&loaded.data, &segment.paths.data, &e, !loaded.verified)?;
+                if entry.log_id.index != index {
+                    return Err(Error::corrupt(
+                        &segment.paths.data,
+                        u64::from(e.position),
+                        "entry has the wrong index",
+                    ));
                 }
+                bytes += entry.body.len();
+                out.push(entry);
+                index += 1;
+            }
+            if index == before {
+                break;
             }
         }
         Ok(out)
