@@ -69,7 +69,7 @@ impl BatchRead {
                 return false;
             }
             if e.record_count > 0 {
-                let body_len = e.len as usize - ENTRY_HEADER_LEN;
+                let body_len = (e.len as usize).saturating_sub(ENTRY_HEADER_LEN);
                 if !self.batches.is_empty() && self.bytes + body_len > self.max_bytes {
                     self.bytes = self.max_bytes;
                     return false;

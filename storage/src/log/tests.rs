@@ -573,3 +573,39 @@ fn shared_flusher_serves_many_logs() {
     drop(logs);
     let _keep = Arc::new(flusher);
 }
+
+#[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_max_age: Some(Duration::from_millis(20)),
+        ..small_config(FsyncPolicy::Never)
+    };
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    log.append(1, 1, EntryBody::Data(batch(1, 10, 1)))
+        .unwrap()
+        .wait()
+        .unwrap();
+    log.append(1, 1, EntryBody::Data(batch(1, 10, 1)))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(
+        log.segments().unwrap().len(),
+        1,
+        "young segments do not roll"
+    );
+    // The segment's age is wall-clock time since its creation: let 20 ms pass.
+    std::thread::sleep(Duration::from_millis(25));
+    log.append(1, 1, EntryBody::Data(batch(1, 10, 1)))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let segments = log.segments().unwrap();
+    assert_eq!(
+        segments.len(),
+        2,
+        "an aged segment rolls at the next append"
+    );
+    assert_eq!((segments[0].end_index, segments[1].first_index), (2, 2));
+}
