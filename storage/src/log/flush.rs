@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::{FsyncPolicy, LogInner};
 use crate::error::{Error, Result};
+use crate::segment::SealedSegment;
 
 pub(crate) type DurableCallback = Box<dyn FnOnce(Result<()>) + Send>;
 
@@ -224,16 +225,22 @@ impl LogInner {
                     .map_err(|e| Error::io(&self.dir, e))?;
                 io.active_flushed = end;
             }
+            let mut sealed = Vec::with_capacity(seals.len());
             for job in seals {
+                sealed.push(job.paths().clone());
                 job.finish()?;
             }
-            Ok(())
+            Ok(sealed)
         })();
         io.last_sync = sync_started.elapsed();
-        if let Err(e) = synced {
-            self.poison(&e);
-            return Err(e);
-        }
+        let sealed = match synced {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
+        self.reopen_sealed(&sealed);
         if self.always() {
             let mut v = self.write_view();
             if target_next > v.readable_next && target_next <= v.next_index {
@@ -274,6 +281,26 @@ impl LogInner {
             io.last_checkpoint = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Segments whose seal is now on disk are served from their files from here on: mapped
+    /// read-only and indexed by the sealed index file, loaded on next use. Readers still
+    /// holding the old segment (its writable map and in-memory index) keep it until done.
+    pub(crate) fn reopen_sealed(&self, sealed: &[crate::segment::SegmentPaths]) {
+        if sealed.is_empty() {
+            return;
+        }
+        let mut v = self.write_view();
+        for slot in v.sealed.iter_mut().filter(|s| sealed.contains(&s.paths)) {
+            let reopened = SealedSegment::lazy(
+                &self.dir,
+                slot.first_offset,
+                slot.first_index,
+                slot.end_index,
+                slot.end_offset,
+            );
+            *slot = Arc::new(reopened);
+        }
     }
 
     /// Group commit: when the previous flush covered appends from several writers, they

@@ -418,8 +418,10 @@ impl LogInner {
         let old_view = self.replace_segments(sealed, view, tail);
         if let Some((segment, entries)) = seal_after {
             let job = segment.into_seal_job(entries, old_view.index);
+            let paths = job.paths().clone();
             job.flush_data()?;
             job.finish()?;
+            self.reopen_sealed(&[paths]);
         }
         tracing::info!(dir = %self.dir.display(), next_index = keep_next, "truncated the log");
         Ok(())

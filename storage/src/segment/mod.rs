@@ -413,6 +413,11 @@ impl SealJob {
             .map_err(|e| Error::io(&self.paths.data, e))
     }
 
+    /// The segment's files.
+    pub fn paths(&self) -> &SegmentPaths {
+        &self.paths
+    }
+
     /// Trims the data file to its entries (when no published byte lies beyond them), syncs it,
     /// then writes and syncs the complete index. Call after [`Self::flush_data`].
     pub fn finish(mut self) -> Result<()> {
