@@ -6,8 +6,10 @@
 //! record batch travels from the socket to the log and back without a per-record copy.
 //!
 //! # Layout
-//! - [`v1`]: everything generated from the `strata.v1` package: `RecordBatch`, `LogId`,
-//!   the `Health` service (`health_client`, `health_server`).
+//! - [`v1`]: everything generated from the `strata.v1` package. Services (each with a
+//!   `*_client` and `*_server` module): `Produce`, `Fetch` (server streaming, long poll),
+//!   `Metadata`, `Admin`, `Groups`, `Health`. Errors: `ErrorCode` and `ErrorDetail`
+//!   (`errors.proto`), carried in gRPC status details.
 #![forbid(unsafe_code)]
 
 /// The `strata.v1` package.
@@ -26,16 +28,17 @@ mod tests {
     #[test]
     fn batch_bytes_are_shared_not_copied() {
         let payload = Bytes::from(vec![7u8; 4096]);
-        let encoded = v1::RecordBatch {
-            data: payload.clone(),
+        let encoded = v1::PartitionBatch {
+            partition: 3,
+            batch: payload.clone(),
         }
         .encode_to_vec();
         let wire = Bytes::from(encoded);
-        let decoded = v1::RecordBatch::decode(wire.clone()).expect("decodes");
-        assert_eq!(decoded.data, payload);
+        let decoded = v1::PartitionBatch::decode(wire.clone()).expect("decodes");
+        assert_eq!(decoded.batch, payload);
         // The decoded field points into the wire buffer: no copy was made.
         let start = wire.as_ptr() as usize;
-        let at = decoded.data.as_ptr() as usize;
+        let at = decoded.batch.as_ptr() as usize;
         assert!(at >= start && at < start + wire.len());
     }
 

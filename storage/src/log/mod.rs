@@ -244,6 +244,14 @@ impl PartitionLog {
         )
     }
 
+    /// Appends several entries at the next indexes, all with the given term and leader, under
+    /// one lock (so no other append lands between them). Either all are checked and appended,
+    /// or (for a bad entry) none.
+    pub fn append_all(&self, term: u64, leader: u64, bodies: Vec<EntryBody>) -> Result<Appending> {
+        self.inner()
+            .append(write::Indexing::Next { term, leader }, bodies, Vec::new())
+    }
+
     /// Appends entries with explicit log ids; the first must have the log's next index and
     /// the rest follow it. Either all are checked and appended, or (for a bad entry) none.
     pub fn append_entries(&self, entries: impl IntoIterator<Item = NewEntry>) -> Result<Appending> {
@@ -350,9 +358,9 @@ impl PartitionLog {
         self.inner().verify()
     }
 
-    /// Flushes, marks the log cleanly closed and refuses further appends. (Dropping the last
-    /// handle does the same, ignoring errors.)
-    pub fn close(self) -> Result<()> {
+    /// Flushes, marks the log cleanly closed, refuses further appends and releases the
+    /// directory, for every handle. (Dropping the last handle does the same, ignoring errors.)
+    pub fn close(&self) -> Result<()> {
         self.inner().close()
     }
 

@@ -1,0 +1,117 @@
+//! `strata-broker`: runs one Strata node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use strata_broker::{Config, Fsync};
+
+/// Runs one Strata node until SIGINT or SIGTERM, then shuts it down cleanly (requests in
+/// flight finish, every log is flushed and closed).
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata-broker",
+    version,
+    long_about = "Runs one Strata node until SIGINT or SIGTERM, then shuts it down cleanly.\n\n\
+Settings come from, in increasing precedence: built-in defaults, the TOML file given with \
+--config (keys named like the long flags, with underscores: node_id, listen, http, data_dir, \
+fsync, segment_bytes, max_batch_bytes, max_request_bytes, max_in_flight_per_connection, \
+produce_timeout_ms, retention_check_ms, group_min_session_timeout_ms, \
+group_max_session_timeout_ms), STRATA_* environment variables, and flags. Logging follows \
+STRATA_LOG (or RUST_LOG), e.g. STRATA_LOG=debug."
+)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node id.
+    #[arg(long = "id", env = "STRATA_NODE_ID")]
+    node_id: Option<u64>,
+    /// gRPC listen address.
+    #[arg(long, env = "STRATA_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Operator HTTP address (/health, /metrics); `off` to serve none.
+    #[arg(long, env = "STRATA_HTTP")]
+    http: Option<String>,
+    /// Data directory.
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Durability: always, never, or an interval such as 100ms.
+    #[arg(long, env = "STRATA_FSYNC")]
+    fsync: Option<Fsync>,
+    /// Segment file size in bytes.
+    #[arg(long, env = "STRATA_SEGMENT_BYTES")]
+    segment_bytes: Option<u64>,
+    /// Largest record batch accepted, in bytes.
+    #[arg(long, env = "STRATA_MAX_BATCH_BYTES")]
+    max_batch_bytes: Option<u32>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging();
+    let mut config = match &args.config {
+        Some(path) => Config::from_toml_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = &args.http {
+        config.http = if v == "off" {
+            None
+        } else {
+            Some(v.parse().with_context(|| format!("--http {v}"))?)
+        };
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.fsync {
+        config.fsync = v;
+    }
+    if let Some(v) = args.segment_bytes {
+        config.segment_bytes = v;
+    }
+    if let Some(v) = args.max_batch_bytes {
+        config.max_batch_bytes = v;
+    }
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(strata_broker::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = std::env::var("STRATA_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

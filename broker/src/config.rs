@@ -1,0 +1,213 @@
+//! Node configuration: defaults, a TOML file, validation.
+//!
+//! The binary layers command-line flags and `STRATA_*` environment variables over a TOML
+//! file over these defaults; tests and `strata dev` build a [`Config`] directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strata_storage::FsyncPolicy;
+
+use crate::error::{Error, Result};
+
+/// When the node syncs appended data: `always` (default; an acknowledged append is on disk),
+/// `never`, or an interval such as `100ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fsync(pub FsyncPolicy);
+
+impl FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "always" => Ok(Fsync(FsyncPolicy::Always)),
+            "never" => Ok(Fsync(FsyncPolicy::Never)),
+            other => humantime::parse_duration(other)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(|d| Fsync(FsyncPolicy::Interval(d)))
+                .ok_or_else(|| {
+                    format!(
+                        "fsync must be `always`, `never` or an interval like `100ms`, not `{other}`"
+                    )
+                }),
+        }
+    }
+}
+
+impl TryFrom<String> for Fsync {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Fsync> for String {
+    fn from(f: Fsync) -> String {
+        f.to_string()
+    }
+}
+
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Never => f.write_str("never"),
+            FsyncPolicy::Interval(d) => write!(f, "{}", humantime::format_duration(d)),
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id in its cluster.
+    pub node_id: u64,
+    /// gRPC address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Operator HTTP address (`/health`, `/metrics`); none to serve no HTTP.
+    pub http: Option<SocketAddr>,
+    /// Where topics, partitions and group offsets live.
+    pub data_dir: PathBuf,
+    /// Durability of appends.
+    pub fsync: Fsync,
+    /// Size of a partition's segment files.
+    pub segment_bytes: u64,
+    /// Largest record batch accepted.
+    pub max_batch_bytes: u32,
+    /// Largest gRPC request accepted (a produce request may carry several batches).
+    pub max_request_bytes: u32,
+    /// Requests a single connection may have in flight; more wait.
+    pub max_in_flight_per_connection: usize,
+    /// How long a produce waits for durability before answering TIMEOUT, by default.
+    pub produce_timeout_ms: u64,
+    /// How often retention runs.
+    pub retention_check_ms: u64,
+    /// Bounds on consumer-group session time-outs.
+    pub group_min_session_timeout_ms: u64,
+    /// Bounds on consumer-group session time-outs.
+    pub group_max_session_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 7101))),
+            data_dir: PathBuf::from("strata-data"),
+            fsync: Fsync(FsyncPolicy::Always),
+            segment_bytes: 128 << 20,
+            max_batch_bytes: 8 << 20,
+            max_request_bytes: 64 << 20,
+            max_in_flight_per_connection: 256,
+            produce_timeout_ms: 30_000,
+            retention_check_ms: 60_000,
+            group_min_session_timeout_ms: 1_000,
+            group_max_session_timeout_ms: 300_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys not in the file keep their defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks the values; the error names the bad one.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::Config(m));
+        if self.max_batch_bytes < 1024 {
+            return fail(format!(
+                "max_batch_bytes {} is below 1 KiB",
+                self.max_batch_bytes
+            ));
+        }
+        if u64::from(self.max_batch_bytes) + 4096 > self.segment_bytes {
+            return fail(format!(
+                "max_batch_bytes {} does not fit segment_bytes {}",
+                self.max_batch_bytes, self.segment_bytes
+            ));
+        }
+        if self.max_request_bytes < self.max_batch_bytes {
+            return fail(format!(
+                "max_request_bytes {} is below max_batch_bytes {}",
+                self.max_request_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.max_in_flight_per_connection == 0 {
+            return fail("max_in_flight_per_connection must be at least 1".into());
+        }
+        if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            return fail(
+                "group_min_session_timeout_ms exceeds group_max_session_timeout_ms".into(),
+            );
+        }
+        if self.retention_check_ms == 0 || self.produce_timeout_ms == 0 {
+            return fail("retention_check_ms and produce_timeout_ms must be positive".into());
+        }
+        self.log_config(None)
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The storage configuration of this node's partitions.
+    pub(crate) fn log_config(
+        &self,
+        flusher: Option<strata_storage::Flusher>,
+    ) -> strata_storage::LogConfig {
+        strata_storage::LogConfig {
+            segment_bytes: self.segment_bytes,
+            max_entry_bytes: u64::from(self.max_batch_bytes) + 64,
+            fsync: self.fsync.0,
+            flusher,
+            ..strata_storage::LogConfig::default()
+        }
+    }
+
+    pub(crate) fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_parses_and_prints() {
+        assert_eq!("always".parse::<Fsync>().unwrap().0, FsyncPolicy::Always);
+        assert_eq!("never".parse::<Fsync>().unwrap().0, FsyncPolicy::Never);
+        assert_eq!(
+            "100ms".parse::<Fsync>().unwrap().0,
+            FsyncPolicy::Interval(Duration::from_millis(100))
+        );
+        assert!("0s".parse::<Fsync>().is_err());
+        assert!("sometimes".parse::<Fsync>().is_err());
+        assert_eq!("250ms".parse::<Fsync>().unwrap().to_string(), "250ms");
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let config: Config =
+            toml::from_str("node_id = 3\nfsync = \"never\"\nlisten = \"127.0.0.1:9000\"").unwrap();
+        assert_eq!(config.node_id, 3);
+        assert_eq!(config.fsync.0, FsyncPolicy::Never);
+        assert_eq!(config.segment_bytes, Config::default().segment_bytes);
+        assert!(toml::from_str::<Config>("nodeid = 3").is_err());
+        config.validate().unwrap();
+        let bad = Config {
+            max_batch_bytes: 10,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

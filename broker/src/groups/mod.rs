@@ -1,0 +1,523 @@
+//! Consumer groups: the coordinator that runs [`membership`] for every group of this node
+//! and keeps their committed offsets durably.
+//!
+//! Membership lives in memory (after a restart members rejoin); offsets live in
+//! `<data_dir>/groups/<group>.json`, replaced atomically at each commit. A background sweep
+//! expires silent members and completes rebalances whose deadline passed; joins wait on a
+//! `watch` channel that moves at every change of their group.
+
+pub mod assign;
+pub mod membership;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use self::assign::Assignment;
+use self::membership::{Group, State};
+use crate::error::{Error, Result};
+use crate::names;
+use crate::topics::{Topics, write_atomically};
+
+/// Session time-out used when a member asks for none.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rebalance time-out used when a member asks for none.
+pub const DEFAULT_REBALANCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// (topic, partition) → next offset to consume.
+pub type Offsets = BTreeMap<(String, u32), u64>;
+
+/// What a successful join gives a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Its id (new or as given).
+    pub member_id: String,
+    /// The generation the assignment belongs to.
+    pub generation: u64,
+    /// Its partitions.
+    pub assignment: Assignment,
+    /// How often it should heartbeat.
+    pub heartbeat_interval: Duration,
+}
+
+/// A join request.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The group.
+    pub group: String,
+    /// Empty for a new member.
+    pub member_id: String,
+    /// Topics to consume.
+    pub topics: BTreeSet<String>,
+    /// Session time-out (zero: the default).
+    pub session_timeout: Duration,
+    /// Rebalance time-out (zero: the default).
+    pub rebalance_timeout: Duration,
+    /// Free-form client name.
+    pub client_id: String,
+}
+
+/// A partition's committed offset and lag, for `describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Member that owns it, if any.
+    pub owner: Option<String>,
+    /// Committed offset, if any.
+    pub committed: Option<u64>,
+    /// The partition's high watermark.
+    pub high_watermark: u64,
+    /// How far the group is behind.
+    pub lag: u64,
+}
+
+/// A group as `describe` shows it.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    /// Name.
+    pub group: String,
+    /// State name.
+    pub state: &'static str,
+    /// Generation.
+    pub generation: u64,
+    /// Members: id → (client id, assignment).
+    pub members: BTreeMap<String, (String, Assignment)>,
+    /// Partitions the group consumes or has committed.
+    pub partitions: Vec<PartitionLag>,
+}
+
+struct GroupHandle {
+    state: Mutex<Group>,
+    /// Moves at every change of the group; joins wait on it.
+    changed: watch::Sender<u64>,
+    offsets: tokio::sync::Mutex<Offsets>,
+    /// A copy of `offsets` readable without waiting for a commit in progress.
+    committed: Mutex<Offsets>,
+    path: PathBuf,
+}
+
+impl GroupHandle {
+    fn lock(&self) -> MutexGuard<'_, Group> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// The groups of this node.
+pub struct Coordinator {
+    dir: PathBuf,
+    topics: Arc<Topics>,
+    groups: Mutex<HashMap<String, Arc<GroupHandle>>>,
+    session_bounds: (Duration, Duration),
+}
+
+impl Coordinator {
+    /// Loads the committed offsets of every group under `<data_dir>/groups`.
+    pub(crate) fn open(
+        data_dir: &Path,
+        topics: Arc<Topics>,
+        session_bounds: (Duration, Duration),
+    ) -> Result<Coordinator> {
+        let dir = data_dir.join("groups");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut groups = HashMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue; // a leftover temporary file
+            };
+            if names::validate(name).is_err() {
+                continue;
+            }
+            let offsets = read_offsets(&path)?;
+            groups.insert(
+                name.to_string(),
+                Arc::new(new_handle(name, path.clone(), offsets)),
+            );
+        }
+        Ok(Coordinator {
+            dir,
+            topics,
+            groups: Mutex::new(groups),
+            session_bounds,
+        })
+    }
+
+    fn handle(&self, group: &str) -> Result<Arc<GroupHandle>> {
+        names::validate(group)?;
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.dir.join(format!("{group}.json"));
+        Ok(groups
+            .entry(group.to_string())
+            .or_insert_with(|| Arc::new(new_handle(group, path, Offsets::new())))
+            .clone())
+    }
+
+    fn existing(&self, group: &str) -> Result<Arc<GroupHandle>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
+            .ok_or_else(|| Error::UnknownGroup(group.to_string()))
+    }
+
+    fn partitions(&self) -> impl Fn(&str) -> u32 + '_ {
+        |topic| self.topics.partition_count(topic)
+    }
+
+    /// Joins a member and waits for the rebalance to complete.
+    pub async fn join(&self, request: JoinRequest) -> Result<Joined> {
+        if request.topics.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a member must subscribe to at least one topic".into(),
+            ));
+        }
+        for topic in &request.topics {
+            names::validate(topic)?;
+        }
+        let session_timeout = if request.session_timeout.is_zero() {
+            DEFAULT_SESSION_TIMEOUT
+        } else {
+            request.session_timeout
+        };
+        let (min, max) = self.session_bounds;
+        if session_timeout < min || session_timeout > max {
+            return Err(Error::InvalidArgument(format!(
+                "session time-out must be between {min:?} and {max:?}"
+            )));
+        }
+        let rebalance_timeout = if request.rebalance_timeout.is_zero() {
+            DEFAULT_REBALANCE_TIMEOUT
+        } else {
+            request.rebalance_timeout
+        };
+        let handle = self.handle(&request.group)?;
+        let mut changes = handle.changed.subscribe();
+        let member_id = {
+            let mut g = handle.lock();
+            let client = sanitize(&request.client_id);
+            let given = (!request.member_id.is_empty()).then_some(request.member_id.as_str());
+            let id = g.join(
+                given,
+                || new_member_id(&client),
+                &request.client_id,
+                request.topics.clone(),
+                session_timeout,
+                rebalance_timeout,
+                Instant::now(),
+            )?;
+            g.try_complete(Instant::now(), self.partitions());
+            id
+        };
+        handle.bump();
+        let give_up = Instant::now() + rebalance_timeout + Duration::from_secs(5);
+        loop {
+            let wait = {
+                let mut g = handle.lock();
+                if !g.still_joining(&member_id, Instant::now()) {
+                    return Err(Error::UnknownMember {
+                        group: request.group.clone(),
+                        member: member_id,
+                    });
+                }
+                if g.try_complete(Instant::now(), self.partitions()) {
+                    drop(g);
+                    handle.bump();
+                    continue;
+                }
+                if let Some(assignment) = g.assignment_of(&member_id) {
+                    return Ok(Joined {
+                        member_id: member_id.clone(),
+                        generation: g.generation(),
+                        assignment: assignment.clone(),
+                        heartbeat_interval: session_timeout / 3,
+                    });
+                }
+                match g.state() {
+                    State::Rebalancing { deadline } => {
+                        deadline.saturating_duration_since(Instant::now())
+                    }
+                    _ => Duration::from_millis(100),
+                }
+            };
+            if Instant::now() > give_up {
+                return Err(Error::Timeout(format!("joining group `{}`", request.group)));
+            }
+            let _ =
+                tokio::time::timeout(wait.max(Duration::from_millis(1)), changes.changed()).await;
+        }
+    }
+
+    /// Records a heartbeat; answers whether the member must rejoin.
+    pub fn heartbeat(&self, group: &str, member: &str, generation: u64) -> Result<bool> {
+        let handle = self.existing(group).map_err(|_| Error::UnknownMember {
+            group: group.to_string(),
+            member: member.to_string(),
+        })?;
+        let rejoin = handle
+            .lock()
+            .heartbeat(member, generation, Instant::now())?;
+        Ok(rejoin)
+    }
+
+    /// Removes a member; the rest of the group rebalances.
+    pub fn leave(&self, group: &str, member: &str) -> Result<()> {
+        let handle = self.existing(group)?;
+        handle.lock().leave(member, Instant::now())?;
+        handle.bump();
+        Ok(())
+    }
+
+    /// Expires silent members and completes rebalances whose deadline passed.
+    pub fn sweep(&self) {
+        let groups: Vec<Arc<GroupHandle>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for handle in groups {
+            let changed = {
+                let mut g = handle.lock();
+                let now = Instant::now();
+                let expired = g.expire(now);
+                for member in &expired {
+                    tracing::info!(member, "group member expired");
+                }
+                g.try_complete(now, self.partitions()) || !expired.is_empty()
+            };
+            if changed {
+                handle.bump();
+            }
+        }
+    }
+
+    /// Stores offsets durably, after checking the committer may commit for the group.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member: &str,
+        generation: u64,
+        offsets: Vec<(String, u32, u64)>,
+    ) -> Result<()> {
+        let handle = self.handle(group)?;
+        handle.lock().check_commit(member, generation)?;
+        for (topic, partition, _) in &offsets {
+            self.topics.get(topic)?.partition(*partition)?;
+        }
+        let mut stored = handle.offsets.lock().await;
+        let mut next = stored.clone();
+        for (topic, partition, offset) in offsets {
+            next.insert((topic, partition), offset);
+        }
+        let path = handle.path.clone();
+        let dir = self.dir.clone();
+        let to_write = next.clone();
+        tokio::task::spawn_blocking(move || write_offsets(&dir, &path, &to_write))
+            .await
+            .map_err(|e| Error::Unavailable(format!("offset commit task failed: {e}")))??;
+        *handle.committed.lock().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        *stored = next;
+        Ok(())
+    }
+
+    /// Committed offsets of a group, for the given partitions (all if none are given).
+    pub fn committed(&self, group: &str, partitions: &[(String, u32)]) -> Result<Offsets> {
+        names::validate(group)?;
+        let Ok(handle) = self.existing(group) else {
+            return Ok(Offsets::new());
+        };
+        let all = handle
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if partitions.is_empty() {
+            return Ok(all);
+        }
+        Ok(partitions
+            .iter()
+            .filter_map(|k| all.get(k).map(|o| (k.clone(), *o)))
+            .collect())
+    }
+
+    /// Name, state, members and generation of every group.
+    pub fn list(&self) -> Vec<(String, &'static str, usize, u64)> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = groups
+            .iter()
+            .map(|(name, h)| {
+                let g = h.lock();
+                (
+                    name.clone(),
+                    g.state().name(),
+                    g.members().len(),
+                    g.generation(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Members, assignment, committed offsets and lag of a group.
+    pub fn describe(&self, group: &str) -> Result<GroupDescription> {
+        let handle = self.existing(group)?;
+        let (state, generation, members, owners, subscribed) = {
+            let g = handle.lock();
+            let members: BTreeMap<String, (String, Assignment)> = g
+                .members()
+                .iter()
+                .map(|(id, m)| {
+                    (
+                        id.clone(),
+                        (
+                            m.client_id.clone(),
+                            g.assignment().get(id).cloned().unwrap_or_default(),
+                        ),
+                    )
+                })
+                .collect();
+            let mut owners = BTreeMap::new();
+            for (id, assignment) in g.assignment() {
+                for (topic, partitions) in assignment {
+                    for p in partitions {
+                        owners.insert((topic.clone(), *p), id.clone());
+                    }
+                }
+            }
+            let subscribed: BTreeSet<String> = g
+                .members()
+                .values()
+                .flat_map(|m| m.topics.iter().cloned())
+                .collect();
+            (
+                g.state().name(),
+                g.generation(),
+                members,
+                owners,
+                subscribed,
+            )
+        };
+        let committed = handle
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut keys: BTreeSet<(String, u32)> = committed.keys().cloned().collect();
+        for topic in &subscribed {
+            for p in 0..self.topics.partition_count(topic) {
+                keys.insert((topic.clone(), p));
+            }
+        }
+        let partitions = keys
+            .into_iter()
+            .filter_map(|(topic, partition)| {
+                let hw = self
+                    .topics
+                    .get(&topic)
+                    .ok()?
+                    .partition(partition)
+                    .ok()?
+                    .high_watermark();
+                let committed = committed.get(&(topic.clone(), partition)).copied();
+                let lag = hw.saturating_sub(committed.unwrap_or(0));
+                let owner = owners.get(&(topic.clone(), partition)).cloned();
+                Some(PartitionLag {
+                    topic,
+                    partition,
+                    owner,
+                    committed,
+                    high_watermark: hw,
+                    lag,
+                })
+            })
+            .collect();
+        Ok(GroupDescription {
+            group: group.to_string(),
+            state,
+            generation,
+            members,
+            partitions,
+        })
+    }
+}
+
+fn new_handle(name: &str, path: PathBuf, offsets: Offsets) -> GroupHandle {
+    let (changed, _) = watch::channel(0);
+    GroupHandle {
+        state: Mutex::new(Group::new(name)),
+        changed,
+        committed: Mutex::new(offsets.clone()),
+        offsets: tokio::sync::Mutex::new(offsets),
+        path,
+    }
+}
+
+/// A member id unique on this node: the client's name, the time and a counter.
+fn new_member_id(client: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{client}-{nanos:x}-{n}")
+}
+
+/// A client id reduced to a safe member-id prefix.
+fn sanitize(client_id: &str) -> String {
+    let s: String = client_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(64)
+        .collect();
+    if s.is_empty() {
+        "member".to_string()
+    } else {
+        s
+    }
+}
+
+/// The file form of a group's offsets: topic → partition → offset.
+type OffsetFile = BTreeMap<String, BTreeMap<u32, u64>>;
+
+fn read_offsets(path: &Path) -> Result<Offsets> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let file: OffsetFile = serde_json::from_str(&text).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    Ok(file
+        .into_iter()
+        .flat_map(|(t, ps)| ps.into_iter().map(move |(p, o)| ((t.clone(), p), o)))
+        .collect())
+}
+
+fn write_offsets(dir: &Path, path: &Path, offsets: &Offsets) -> Result<()> {
+    let mut file = OffsetFile::new();
+    for ((topic, partition), offset) in offsets {
+        file.entry(topic.clone())
+            .or_default()
+            .insert(*partition, *offset);
+    }
+    let json =
+        serde_json::to_vec_pretty(&file).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+    write_atomically(dir, path, &json)
+}

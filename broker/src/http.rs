@@ -1,0 +1,51 @@
+//! The operator HTTP endpoint: `GET /health` and `GET /metrics` (Prometheus).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::node::Node;
+
+/// The HTTP routes of a node.
+pub(crate) fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let serving = node.is_serving();
+    let body = serde_json::json!({
+        "status": if serving { "serving" } else { "not_serving" },
+        "node_id": node.config.node_id,
+        "topics": node.topics.all().len(),
+    });
+    let code = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let text = tokio::task::spawn_blocking(move || node.metrics.render(&node.topics, &node.groups))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}

@@ -1,0 +1,208 @@
+//! Prometheus metrics of a node, served at `GET /metrics` (OpenMetrics text format).
+//!
+//! Request counters and latency histograms are updated on the request path; per-partition
+//! and per-group values (log bytes, high watermark, group lag) are read when scraped.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::groups::Coordinator;
+use crate::topics::Topics;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabel {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabel {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    rpc: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    topic: String,
+    partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabel {
+    group: String,
+    topic: String,
+    partition: u32,
+}
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    produce_records: Family<TopicLabel, Counter>,
+    produce_bytes: Family<TopicLabel, Counter>,
+    fetch_records: Family<TopicLabel, Counter>,
+    fetch_bytes: Family<TopicLabel, Counter>,
+    latency: Family<RpcLabel, Histogram>,
+    errors: Family<ErrorLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("strata");
+        let produce_records = Family::<TopicLabel, Counter>::default();
+        let produce_bytes = Family::<TopicLabel, Counter>::default();
+        let fetch_records = Family::<TopicLabel, Counter>::default();
+        let fetch_bytes = Family::<TopicLabel, Counter>::default();
+        let latency = Family::<RpcLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        let errors = Family::<ErrorLabel, Counter>::default();
+        registry.register(
+            "produce_records",
+            "Records appended",
+            produce_records.clone(),
+        );
+        registry.register(
+            "produce_bytes",
+            "Record batch bytes appended",
+            produce_bytes.clone(),
+        );
+        registry.register(
+            "fetch_records",
+            "Records sent to consumers",
+            fetch_records.clone(),
+        );
+        registry.register(
+            "fetch_bytes",
+            "Record batch bytes sent to consumers",
+            fetch_bytes.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency by RPC",
+            latency.clone(),
+        );
+        registry.register(
+            "request_errors",
+            "Failed requests by RPC and error code",
+            errors.clone(),
+        );
+        Metrics {
+            registry,
+            produce_records,
+            produce_bytes,
+            fetch_records,
+            fetch_bytes,
+            latency,
+            errors,
+        }
+    }
+
+    /// Counts an appended batch.
+    pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
+        let label = TopicLabel {
+            topic: topic.to_string(),
+        };
+        self.produce_records.get_or_create(&label).inc_by(records);
+        self.produce_bytes.get_or_create(&label).inc_by(bytes);
+    }
+
+    /// Counts batches sent to a consumer.
+    pub fn fetched(&self, topic: &str, records: u64, bytes: u64) {
+        let label = TopicLabel {
+            topic: topic.to_string(),
+        };
+        self.fetch_records.get_or_create(&label).inc_by(records);
+        self.fetch_bytes.get_or_create(&label).inc_by(bytes);
+    }
+
+    /// Records a request's latency.
+    pub fn observe(&self, rpc: &'static str, elapsed: Duration) {
+        self.latency
+            .get_or_create(&RpcLabel { rpc })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failed request.
+    pub fn failed(&self, rpc: &'static str, code: &str) {
+        self.errors
+            .get_or_create(&ErrorLabel {
+                rpc,
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with per-partition and per-group values read now.
+    pub fn render(&self, topics: &Topics, groups: &Coordinator) -> String {
+        let mut scrape = Registry::with_prefix("strata");
+        let partitions = Gauge::<i64>::default();
+        let log_bytes = Family::<PartitionLabel, Gauge>::default();
+        let high_watermark = Family::<PartitionLabel, Gauge>::default();
+        let lag = Family::<GroupLabel, Gauge>::default();
+        let mut count = 0;
+        for topic in topics.all() {
+            for p in &topic.partitions {
+                count += 1;
+                let label = PartitionLabel {
+                    topic: topic.name.clone(),
+                    partition: p.id(),
+                };
+                log_bytes.get_or_create(&label).set(p.log_bytes() as i64);
+                high_watermark
+                    .get_or_create(&label)
+                    .set(p.high_watermark() as i64);
+            }
+        }
+        partitions.set(count);
+        for (group, ..) in groups.list() {
+            if let Ok(description) = groups.describe(&group) {
+                for p in description.partitions {
+                    let label = GroupLabel {
+                        group: group.clone(),
+                        topic: p.topic,
+                        partition: p.partition,
+                    };
+                    lag.get_or_create(&label).set(p.lag as i64);
+                }
+            }
+        }
+        scrape.register("partitions", "Partitions on this node", partitions);
+        scrape.register("log_bytes", "Bytes of a partition's segments", log_bytes);
+        scrape.register(
+            "high_watermark",
+            "Offset after the last readable record",
+            high_watermark,
+        );
+        scrape.register("group_lag", "Records a group has not committed yet", lag);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &scrape);
+        let _ = encode_eof(&mut out);
+        out
+    }
+}

@@ -1,0 +1,87 @@
+//! Errors at the gRPC edge: every [`Error`] becomes a status with a machine-readable
+//! `ErrorDetail` in its details (or, inside a response, a per-partition `ErrorDetail`).
+
+use prost::Message;
+use strata_proto::v1::{ErrorCode, ErrorDetail};
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+/// The API error code of an error.
+pub fn code(e: &Error) -> ErrorCode {
+    match e {
+        Error::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        Error::TopicExists(_) => ErrorCode::TopicExists,
+        Error::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        Error::InvalidName { .. }
+        | Error::InvalidArgument(_)
+        | Error::GroupHasMembers(_)
+        | Error::Config(_) => ErrorCode::InvalidArgument,
+        Error::InvalidBatch { .. } => ErrorCode::InvalidBatch,
+        Error::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        Error::Storage { .. } | Error::Io { .. } => ErrorCode::StorageError,
+        Error::UnknownMember { .. } => ErrorCode::UnknownMember,
+        Error::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        Error::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        Error::Timeout(_) => ErrorCode::Timeout,
+        Error::Unavailable(_) | Error::Bind { .. } => ErrorCode::Unavailable,
+    }
+}
+
+/// The per-partition form of an error.
+pub fn detail(e: &Error) -> ErrorDetail {
+    ErrorDetail {
+        code: code(e) as i32,
+        message: e.to_string(),
+        leader_hint: None,
+        leader_address: String::new(),
+    }
+}
+
+/// The gRPC status of an error, with its `ErrorDetail` attached.
+pub fn status(e: &Error) -> Status {
+    let detail = detail(e);
+    let grpc = match code(e) {
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
+            Code::NotFound
+        }
+        ErrorCode::TopicExists => Code::AlreadyExists,
+        ErrorCode::InvalidArgument | ErrorCode::InvalidBatch => Code::InvalidArgument,
+        ErrorCode::BatchTooLarge => Code::ResourceExhausted,
+        ErrorCode::OffsetOutOfRange => Code::OutOfRange,
+        ErrorCode::NotLeader
+        | ErrorCode::UnknownMember
+        | ErrorCode::IllegalGeneration
+        | ErrorCode::RebalanceInProgress => Code::FailedPrecondition,
+        ErrorCode::StorageError => Code::Internal,
+        ErrorCode::Timeout => Code::DeadlineExceeded,
+        ErrorCode::Unavailable | ErrorCode::Unspecified => Code::Unavailable,
+    };
+    Status::with_details(grpc, detail.message.clone(), detail.encode_to_vec().into())
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        status(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_carry_their_detail() {
+        let s = status(&Error::UnknownTopic("orders".into()));
+        assert_eq!(s.code(), Code::NotFound);
+        let d = ErrorDetail::decode(s.details()).unwrap();
+        assert_eq!(d.code(), ErrorCode::UnknownTopic);
+        assert!(d.message.contains("orders"));
+        let s = status(&Error::BatchTooLarge { size: 10, limit: 5 });
+        assert_eq!(
+            (s.code(), ErrorDetail::decode(s.details()).unwrap().code()),
+            (Code::ResourceExhausted, ErrorCode::BatchTooLarge)
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Topic and group administration.
+
+use strata_proto::v1;
+use tonic::transport::Channel;
+
+use crate::client::Client;
+use crate::error::{Result, from_status};
+
+/// Settings of a new topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicSpec {
+    /// Partitions (at least 1).
+    pub partitions: u32,
+    /// Replicas per partition; 0 for the cluster's default, min(3, nodes).
+    pub replication_factor: u32,
+    /// Delete segments older than this (ms); `None` keeps data forever.
+    pub retention_ms: Option<u64>,
+    /// Delete a partition's oldest segments beyond this size; `None` for no limit.
+    pub retention_bytes: Option<u64>,
+}
+
+impl TopicSpec {
+    /// `n` partitions, default replication, no retention limit.
+    pub fn partitions(n: u32) -> Self {
+        TopicSpec {
+            partitions: n,
+            ..Default::default()
+        }
+    }
+
+    fn to_proto(self) -> v1::TopicConfig {
+        v1::TopicConfig {
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            retention_ms: self.retention_ms.unwrap_or(0),
+            retention_bytes: self.retention_bytes.unwrap_or(0),
+        }
+    }
+}
+
+/// A partition as `describe_topic` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// Partition id.
+    pub partition: u32,
+    /// Leading node.
+    pub leader: u64,
+    /// First offset still stored.
+    pub start_offset: u64,
+    /// Offset after the last readable record.
+    pub high_watermark: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Segment files.
+    pub segments: u32,
+}
+
+/// A topic as `describe_topic` and `list_topics` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// Name.
+    pub name: String,
+    /// Settings.
+    pub spec: TopicSpec,
+    /// Partitions (with offsets and sizes from `describe_topic`; only ids and leaders from
+    /// `list_topics`).
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// A group in `list_groups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Name.
+    pub group: String,
+    /// `empty`, `rebalancing` or `stable`.
+    pub state: String,
+    /// Members.
+    pub members: u32,
+    /// Generation.
+    pub generation: u64,
+}
+
+/// A member in `describe_group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Member id.
+    pub member_id: String,
+    /// Client name.
+    pub client_id: String,
+    /// Assigned (topic, partitions).
+    pub assignment: Vec<(String, Vec<u32>)>,
+}
+
+/// A partition's position in `describe_group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Owning member, if any.
+    pub owner: Option<String>,
+    /// Committed offset, if any.
+    pub committed: Option<u64>,
+    /// The partition's high watermark.
+    pub high_watermark: u64,
+    /// Records not yet committed.
+    pub lag: u64,
+}
+
+/// A group in `describe_group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Summary.
+    pub summary: GroupSummary,
+    /// Members.
+    pub members: Vec<MemberInfo>,
+    /// Partitions with committed offsets and lag.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// Administration of topics and groups.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: Client,
+}
+
+fn spec_of(config: Option<v1::TopicConfig>) -> TopicSpec {
+    let c = config.unwrap_or_default();
+    TopicSpec {
+        partitions: c.partitions,
+        replication_factor: c.replication_factor,
+        retention_ms: (c.retention_ms > 0).then_some(c.retention_ms),
+        retention_bytes: (c.retention_bytes > 0).then_some(c.retention_bytes),
+    }
+}
+
+fn brief(t: v1::TopicMetadata) -> TopicDescription {
+    TopicDescription {
+        partitions: t
+            .partitions
+            .iter()
+            .map(|p| PartitionDescription {
+                partition: p.partition,
+                leader: p.leader,
+                start_offset: 0,
+                high_watermark: 0,
+                bytes: 0,
+                segments: 0,
+            })
+            .collect(),
+        spec: spec_of(t.config),
+        name: t.name,
+    }
+}
+
+impl Admin {
+    pub(crate) fn new(client: Client) -> Self {
+        Admin { client }
+    }
+
+    fn admin(&self) -> Result<v1::admin_client::AdminClient<Channel>> {
+        Ok(v1::admin_client::AdminClient::new(
+            self.client.any_channel()?,
+        ))
+    }
+
+    fn groups(&self) -> Result<v1::groups_client::GroupsClient<Channel>> {
+        Ok(v1::groups_client::GroupsClient::new(
+            self.client.any_channel()?,
+        ))
+    }
+
+    /// Creates a topic.
+    pub async fn create_topic(&self, name: &str, spec: TopicSpec) -> Result<TopicDescription> {
+        let response = self
+            .admin()?
+            .create_topic(v1::CreateTopicRequest {
+                name: name.to_string(),
+                config: Some(spec.to_proto()),
+            })
+            .await
+            .map_err(from_status)?;
+        self.client.invalidate(name);
+        Ok(brief(response.into_inner().topic.unwrap_or_default()))
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.admin()?
+            .delete_topic(v1::DeleteTopicRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(from_status)?;
+        self.client.invalidate(name);
+        Ok(())
+    }
+
+    /// All topics.
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>> {
+        let response = self
+            .admin()?
+            .list_topics(v1::ListTopicsRequest {})
+            .await
+            .map_err(from_status)?;
+        Ok(response
+            .into_inner()
+            .topics
+            .into_iter()
+            .map(brief)
+            .collect())
+    }
+
+    /// A topic with its partitions' offsets and sizes.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let response = self
+            .admin()?
+            .describe_topic(v1::DescribeTopicRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(from_status)?;
+        let r = response.into_inner();
+        let topic = r.topic.unwrap_or_default();
+        Ok(TopicDescription {
+            name: topic.name,
+            spec: spec_of(topic.config),
+            partitions: r
+                .partitions
+                .into_iter()
+                .map(|p| PartitionDescription {
+                    partition: p.partition,
+                    leader: p.leader,
+                    start_offset: p.start_offset,
+                    high_watermark: p.high_watermark,
+                    bytes: p.bytes,
+                    segments: p.segments,
+                })
+                .collect(),
+        })
+    }
+
+    /// All groups.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
+        let response = self
+            .groups()?
+            .list_groups(v1::ListGroupsRequest {})
+            .await
+            .map_err(from_status)?;
+        Ok(response
+            .into_inner()
+            .groups
+            .into_iter()
+            .map(|g| GroupSummary {
+                group: g.group,
+                state: g.state,
+                members: g.members,
+                generation: g.generation,
+            })
+            .collect())
+    }
+
+    /// A group's members, assignment, committed offsets and lag.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let response = self
+            .groups()?
+            .describe_group(v1::DescribeGroupRequest {
+                group: group.to_string(),
+            })
+            .await
+            .map_err(from_status)?;
+        let r = response.into_inner();
+        let s = r.summary.unwrap_or_default();
+        Ok(GroupDescription {
+            summary: GroupSummary {
+                group: s.group,
+                state: s.state,
+                members: s.members,
+                generation: s.generation,
+            },
+            members: r
+                .members
+                .into_iter()
+                .map(|m| MemberInfo {
+                    member_id: m.member_id,
+                    client_id: m.client_id,
+                    assignment: m
+                        .assignment
+                        .into_iter()
+                        .map(|tp| (tp.topic, tp.partitions))
+                        .collect(),
+                })
+                .collect(),
+            partitions: r
+                .partitions
+                .into_iter()
+                .map(|p| PartitionLag {
+                    topic: p.topic,
+                    partition: p.partition,
+                    owner: (!p.owner.is_empty()).then_some(p.owner),
+                    committed: p.committed,
+                    high_watermark: p.high_watermark,
+                    lag: p.lag,
+                })
+                .collect(),
+        })
+    }
+
+    /// A group's committed offsets: (topic, partition, offset).
+    pub async fn committed_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>> {
+        let response = self
+            .groups()?
+            .fetch_offsets(v1::FetchOffsetsRequest {
+                group: group.to_string(),
+                partitions: Vec::new(),
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(response
+            .into_inner()
+            .offsets
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.offset))
+            .collect())
+    }
+}

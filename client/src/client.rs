@@ -1,0 +1,279 @@
+//! The cluster connection: bootstrap, metadata cache, channels to brokers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use strata_proto::v1;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::admin::Admin;
+use crate::consumer::ConsumerBuilder;
+use crate::error::{Error, Result, from_status};
+use crate::producer::ProducerBuilder;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time limit of a request (fetch streams are not limited).
+    pub request_timeout: Duration,
+    /// Largest gRPC message sent or received.
+    pub max_message_bytes: usize,
+    /// Name of this client, shown in group descriptions.
+    pub client_id: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_message_bytes: 64 << 20,
+            client_id: "strata-client".to_string(),
+        }
+    }
+}
+
+/// What the client knows of a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicInfo {
+    /// The leader of each partition.
+    pub leaders: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Cluster {
+    nodes: HashMap<u64, String>,
+    topics: HashMap<String, TopicInfo>,
+}
+
+/// A connection to a Strata cluster. Cheap to clone; clones share connections and metadata.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bootstrap", &self.inner.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    bootstrap: Vec<String>,
+    config: ClientConfig,
+    channels: Mutex<HashMap<String, Channel>>,
+    cluster: RwLock<Cluster>,
+}
+
+impl Client {
+    /// Connects to a cluster through any of the brokers in `bootstrap` (`host:port`, several
+    /// separated by commas) and loads its metadata.
+    pub async fn connect(bootstrap: &str) -> Result<Client> {
+        Self::connect_with(bootstrap, ClientConfig::default()).await
+    }
+
+    /// Like [`Self::connect`], with settings.
+    pub async fn connect_with(bootstrap: &str, config: ClientConfig) -> Result<Client> {
+        let bootstrap: Vec<String> = bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if bootstrap.is_empty() {
+            return Err(Error::InvalidConfig("no bootstrap address".into()));
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                bootstrap,
+                config,
+                channels: Mutex::new(HashMap::new()),
+                cluster: RwLock::new(Cluster::default()),
+            }),
+        };
+        client.refresh(&[]).await?;
+        Ok(client)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Starts building a producer.
+    pub fn producer(&self) -> ProducerBuilder {
+        ProducerBuilder::new(self.clone())
+    }
+
+    /// Starts building a consumer.
+    pub fn consumer(&self) -> ConsumerBuilder {
+        ConsumerBuilder::new(self.clone())
+    }
+
+    /// Topic and group administration.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.clone())
+    }
+
+    /// A channel to `address` (connected lazily, then kept).
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::InvalidConfig(format!("bad broker address `{address}`: {e}")))?
+            .connect_timeout(self.inner.config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Addresses to ask for metadata: known nodes first, then the bootstrap list.
+    fn candidates(&self) -> Vec<String> {
+        let cluster = self.inner.cluster.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<String> = cluster.nodes.values().cloned().collect();
+        out.sort();
+        for b in &self.inner.bootstrap {
+            if !out.contains(b) {
+                out.push(b.clone());
+            }
+        }
+        out
+    }
+
+    /// Any reachable broker's channel (for requests any node can answer).
+    pub(crate) fn any_channel(&self) -> Result<Channel> {
+        let first = self
+            .candidates()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::InvalidConfig("no broker known".into()))?;
+        self.channel(&first)
+    }
+
+    /// Reloads metadata for `topics` (all topics if empty).
+    pub(crate) async fn refresh(&self, topics: &[String]) -> Result<()> {
+        let mut last = String::new();
+        for address in self.candidates() {
+            let channel = self.channel(&address)?;
+            let mut rpc = v1::metadata_client::MetadataClient::new(channel);
+            let mut request = tonic::Request::new(v1::MetadataRequest {
+                topics: topics.to_vec(),
+            });
+            request.set_timeout(self.inner.config.request_timeout);
+            match rpc.get_metadata(request).await {
+                Ok(response) => {
+                    self.apply(response.into_inner(), topics.is_empty());
+                    return Ok(());
+                }
+                Err(status) => {
+                    let e = from_status(status);
+                    if !e.is_retriable() {
+                        return Err(e); // e.g. an unknown topic: every broker says the same
+                    }
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(Error::Connect {
+            bootstrap: self.inner.bootstrap.clone(),
+            message: last,
+        })
+    }
+
+    fn apply(&self, metadata: v1::MetadataResponse, all: bool) {
+        let mut cluster = self
+            .inner
+            .cluster
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        cluster.nodes = metadata
+            .nodes
+            .into_iter()
+            .map(|n| (n.id, n.address))
+            .collect();
+        if all {
+            cluster.topics.clear();
+        }
+        for t in metadata.topics {
+            let mut leaders = vec![0; t.partitions.len()];
+            for p in &t.partitions {
+                if let Some(slot) = leaders.get_mut(p.partition as usize) {
+                    *slot = p.leader;
+                }
+            }
+            cluster.topics.insert(t.name, TopicInfo { leaders });
+        }
+    }
+
+    /// A topic's partitions and leaders, from the cache or the cluster.
+    pub(crate) async fn topic(&self, name: &str) -> Result<TopicInfo> {
+        if let Some(t) = self
+            .inner
+            .cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .topics
+            .get(name)
+        {
+            return Ok(t.clone());
+        }
+        self.refresh(&[name.to_string()]).await?;
+        self.inner
+            .cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::InvalidConfig(format!("no metadata for topic `{name}`")))
+    }
+
+    /// Forgets a topic's metadata (after a not-leader answer or a failure), so the next use
+    /// reloads it.
+    pub(crate) fn invalidate(&self, topic: &str) {
+        self.inner
+            .cluster
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .topics
+            .remove(topic);
+    }
+
+    /// The channel to the leader of a partition.
+    pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<Channel> {
+        let info = self.topic(topic).await?;
+        let leader = *info.leaders.get(partition as usize).ok_or_else(|| {
+            Error::Broker(crate::BrokerError {
+                code: v1::ErrorCode::UnknownPartition,
+                message: format!("topic `{topic}` has no partition {partition}"),
+                leader_hint: None,
+            })
+        })?;
+        let address = self
+            .inner
+            .cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .get(&leader)
+            .cloned();
+        match address {
+            Some(address) => self.channel(&address),
+            None => self.any_channel(),
+        }
+    }
+}

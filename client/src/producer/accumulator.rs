@@ -1,0 +1,269 @@
+//! Per-partition batches waiting to be sent: the producer's bookkeeping, without I/O.
+//!
+//! Records go into the open batch of their partition. A batch is sealed when the next record
+//! would take it past `batch_bytes`, when it reaches `batch_bytes`, when it has waited
+//! `linger`, or on flush. Sealed batches of a partition are sent one at a time, in order, so
+//! a retry can never reorder records.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::record::RecordMetadata;
+
+/// Where a record's outcome goes.
+pub(crate) struct Waiter {
+    pub tx: oneshot::Sender<Result<RecordMetadata>>,
+    pub timestamp: i64,
+}
+
+struct Open {
+    builder: BatchBuilder,
+    waiters: Vec<Waiter>,
+    reserved: usize,
+    created: Instant,
+}
+
+/// A sealed batch and whom to tell about it.
+pub(crate) struct Ready {
+    pub batch: RecordBatch,
+    pub waiters: Vec<Waiter>,
+    /// Budget bytes to give back once it is done.
+    pub reserved: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    open: Option<Open>,
+    ready: VecDeque<Ready>,
+    in_flight: bool,
+}
+
+/// Key of a partition.
+pub(crate) type PartitionKey = (Arc<str>, u32);
+
+/// The batches of every partition.
+pub(crate) struct Accumulator {
+    queues: HashMap<PartitionKey, Queue>,
+    /// Topic → (current sticky partition, partition count).
+    sticky: HashMap<Arc<str>, (u32, u32)>,
+    batch_bytes: usize,
+    linger: Duration,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pushed {
+    /// A batch was sealed and can be sent.
+    pub sealed: bool,
+    /// A new batch was opened (its linger deadline starts now).
+    pub opened: bool,
+}
+
+impl Accumulator {
+    pub fn new(batch_bytes: usize, linger: Duration) -> Self {
+        Accumulator {
+            queues: HashMap::new(),
+            sticky: HashMap::new(),
+            batch_bytes,
+            linger,
+        }
+    }
+
+    /// The partition for a record without key or partition: the topic's sticky partition.
+    pub fn sticky_partition(&mut self, topic: &Arc<str>, partitions: u32) -> u32 {
+        let entry = self.sticky.entry(topic.clone()).or_insert_with(|| {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            (seed % partitions.max(1), partitions)
+        });
+        if entry.1 != partitions {
+            *entry = (entry.0 % partitions.max(1), partitions);
+        }
+        entry.0
+    }
+
+    /// Adds a record to its partition's open batch.
+    pub fn push(
+        &mut self,
+        key: PartitionKey,
+        record: NewRecord<'_>,
+        reserved: usize,
+        waiter: Waiter,
+        now: Instant,
+    ) -> Result<Pushed> {
+        let batch_bytes = self.batch_bytes;
+        let queue = self.queues.entry(key.clone()).or_default();
+        let mut sealed = false;
+        if let Some(open) = &queue.open
+            && !open.builder.is_empty()
+            && open.builder.len() + open.builder.encoded_len(&record) > batch_bytes
+        {
+            sealed |= Self::seal(queue)?;
+        }
+        let opened = queue.open.is_none();
+        let open = queue.open.get_or_insert_with(|| Open {
+            builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20)),
+            waiters: Vec::new(),
+            reserved: 0,
+            created: now,
+        });
+        open.builder.push(record).map_err(Error::InvalidRecord)?;
+        open.waiters.push(waiter);
+        open.reserved += reserved;
+        if open.builder.len() >= batch_bytes {
+            sealed |= Self::seal(queue)?;
+        }
+        if sealed {
+            self.rotate_sticky(&key);
+        }
+        Ok(Pushed { sealed, opened })
+    }
+
+    fn seal(queue: &mut Queue) -> Result<bool> {
+        let Some(open) = queue.open.take() else {
+            return Ok(false);
+        };
+        let batch = open.builder.finish().map_err(Error::InvalidRecord)?;
+        queue.ready.push_back(Ready {
+            batch,
+            waiters: open.waiters,
+            reserved: open.reserved,
+        });
+        Ok(true)
+    }
+
+    fn rotate_sticky(&mut self, key: &PartitionKey) {
+        if let Some((current, count)) = self.sticky.get_mut(&key.0)
+            && *current == key.1
+        {
+            *current = (*current + 1) % (*count).max(1);
+        }
+    }
+
+    /// Seals batches that lingered long enough (all open ones if `force`) and takes the next
+    /// batch of every partition with nothing in flight. Also returns when the next open
+    /// batch's linger ends.
+    pub fn drain(
+        &mut self,
+        now: Instant,
+        force: bool,
+    ) -> (Vec<(PartitionKey, Ready)>, Option<Instant>) {
+        let mut out = Vec::new();
+        let mut next_deadline: Option<Instant> = None;
+        let mut rotated = Vec::new();
+        for (key, queue) in &mut self.queues {
+            if let Some(open) = &queue.open {
+                let deadline = open.created + self.linger;
+                if force || deadline <= now {
+                    // A batch that cannot be finished has no records; nothing is lost.
+                    if Self::seal(queue).unwrap_or(false) {
+                        rotated.push(key.clone());
+                    }
+                } else {
+                    next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+                }
+            }
+            if !queue.in_flight
+                && let Some(ready) = queue.ready.pop_front()
+            {
+                queue.in_flight = true;
+                out.push((key.clone(), ready));
+            }
+        }
+        for key in rotated {
+            self.rotate_sticky(&key);
+        }
+        (out, next_deadline)
+    }
+
+    /// Marks a partition's batch as done, so the next one can go.
+    pub fn complete(&mut self, key: &PartitionKey) {
+        if let Some(queue) = self.queues.get_mut(key) {
+            queue.in_flight = false;
+            if queue.open.is_none() && queue.ready.is_empty() {
+                self.queues.remove(key);
+            }
+        }
+    }
+
+    /// Nothing open, sealed or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.queues
+            .values()
+            .all(|q| q.open.is_none() && q.ready.is_empty() && !q.in_flight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter() -> (Waiter, oneshot::Receiver<Result<RecordMetadata>>) {
+        let (tx, rx) = oneshot::channel();
+        (Waiter { tx, timestamp: 0 }, rx)
+    }
+
+    fn key(p: u32) -> PartitionKey {
+        (Arc::from("t"), p)
+    }
+
+    #[test]
+    fn batches_seal_by_size_and_linger_and_go_one_at_a_time() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(2_000, Duration::from_millis(10));
+        let value = [7u8; 500];
+        for _ in 0..3 {
+            let (w, _) = waiter();
+            assert!(
+                !acc.push(key(0), NewRecord::value(1, &value), 500, w, now)
+                    .unwrap()
+                    .sealed
+            );
+        }
+        let (w, _) = waiter();
+        let pushed = acc
+            .push(key(0), NewRecord::value(1, &value), 500, w, now)
+            .unwrap();
+        assert!(
+            pushed.sealed,
+            "the fourth record does not fit: the first three are sealed"
+        );
+        let (out, deadline) = acc.drain(now, false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.batch.record_count(), 3);
+        assert_eq!(deadline, Some(now + Duration::from_millis(10)));
+        // The open batch lingers out, but the partition has a batch in flight: it waits.
+        let (out2, _) = acc.drain(now + Duration::from_millis(10), false);
+        assert!(out2.is_empty());
+        acc.complete(&key(0));
+        let (out3, _) = acc.drain(now + Duration::from_millis(10), false);
+        assert_eq!(out3[0].1.batch.record_count(), 1);
+        acc.complete(&key(0));
+        assert!(acc.is_idle());
+    }
+
+    #[test]
+    fn sticky_partition_moves_on_when_its_batch_is_sealed() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1_000, Duration::from_secs(1));
+        let topic: Arc<str> = Arc::from("t");
+        let first = acc.sticky_partition(&topic, 4);
+        assert_eq!(acc.sticky_partition(&topic, 4), first);
+        let (w, _) = waiter();
+        acc.push(
+            (topic.clone(), first),
+            NewRecord::value(1, &[0u8; 2_000]),
+            2_000,
+            w,
+            now,
+        )
+        .unwrap();
+        assert_eq!(acc.sticky_partition(&topic, 4), (first + 1) % 4);
+    }
+}

@@ -1,0 +1,120 @@
+//! Test harness: brokers started in-process on `127.0.0.1:0`, with their data in a
+//! temporary directory that outlives restarts.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use strata_broker::{Broker, Config, Fsync};
+use strata_client::Client;
+
+/// A broker under test and its data directory.
+pub struct TestBroker {
+    broker: Option<Broker>,
+    dir: tempfile::TempDir,
+    config: Config,
+}
+
+impl TestBroker {
+    /// A node with fsync `always`, no HTTP, on a free port.
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A node with the defaults changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            http: None,
+            data_dir: dir.path().to_path_buf(),
+            fsync: Fsync(strata_storage::FsyncPolicy::Always),
+            segment_bytes: 8 << 20,
+            max_batch_bytes: 1 << 20,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let broker = Broker::start(config.clone()).await.expect("broker starts");
+        config.listen = broker.address(); // a restart keeps the port
+        config.http = broker.http_address();
+        TestBroker {
+            broker: Some(broker),
+            dir,
+            config,
+        }
+    }
+
+    fn broker(&self) -> &Broker {
+        self.broker.as_ref().expect("running")
+    }
+
+    /// `host:port` of the gRPC listener.
+    pub fn address(&self) -> String {
+        self.broker().address().to_string()
+    }
+
+    /// The HTTP address, if serving.
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.broker().http_address()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A client connected to this broker.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.address())
+            .await
+            .expect("client connects")
+    }
+
+    /// Stops the node cleanly.
+    pub async fn stop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Stops and starts the node on the same data directory and port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Broker::start(self.config.clone()).await {
+                Ok(broker) => {
+                    self.broker = Some(broker);
+                    return;
+                }
+                // The old listener's port can take a moment to be free again.
+                Err(strata_broker::Error::Bind { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("broker restarts: {e}"),
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The path of a workspace binary built by cargo (for CLI tests).
+pub fn workspace_target() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+}
