@@ -24,6 +24,8 @@ const GROUP_SWEEP: Duration = Duration::from_millis(250);
 /// wait for the logs to close.
 pub struct Broker {
     node: Arc<Node>,
+    /// The data directory's lock, held while the node runs.
+    data_lock: Option<std::fs::File>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -58,6 +60,7 @@ impl Broker {
             None => None,
         };
         let http_address = http.as_ref().and_then(|l| l.local_addr().ok());
+        let data_lock = lock_data_dir(&config.data_dir)?;
 
         let opened = {
             let config = config.clone();
@@ -113,6 +116,7 @@ impl Broker {
         tracing::info!(node_id = node.config.node_id, %address, http = ?http_address, data_dir = %node.config.data_dir.display(), "node started");
         Ok(Broker {
             node,
+            data_lock: Some(data_lock),
             stop,
             servers,
             background,
@@ -150,6 +154,9 @@ impl Broker {
         tokio::task::spawn_blocking(move || topics.close_all())
             .await
             .map_err(|e| Error::Unavailable(format!("shutdown task failed: {e}")))??;
+        if let Some(lock) = self.data_lock.take() {
+            let _ = lock.unlock();
+        }
         tracing::info!(node_id = self.node.config.node_id, "stopped");
         Ok(())
     }
@@ -162,6 +169,26 @@ impl Drop for Broker {
         for task in &self.background {
             task.abort();
         }
+    }
+}
+
+/// Locks `<data_dir>/LOCK` so that no second node uses the directory.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Unavailable(format!(
+            "data directory {} is in use by another node",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
     }
 }
 

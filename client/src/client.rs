@@ -184,7 +184,10 @@ impl Client {
                     if !e.is_retriable() {
                         return Err(e); // e.g. an unknown topic: every broker says the same
                     }
-                    last = e.to_string();
+                    last = match &e {
+                        Error::Rpc(status) => readable(status),
+                        other => other.to_string(),
+                    };
                 }
             }
         }
@@ -275,5 +278,17 @@ impl Client {
             Some(address) => self.channel(&address),
             None => self.any_channel(),
         }
+    }
+}
+
+/// A status as people read it: its message and the root cause (e.g. "connection refused").
+fn readable(status: &tonic::Status) -> String {
+    let mut root: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(next) = root.and_then(std::error::Error::source) {
+        root = Some(next);
+    }
+    match root {
+        Some(cause) => format!("{} ({cause})", status.message()),
+        None => status.message().to_string(),
     }
 }

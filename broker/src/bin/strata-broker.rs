@@ -1,5 +1,8 @@
 //! `strata-broker`: runs one Strata node.
 
+// Reporting a fatal error on stderr is this binary's job.
+#![allow(clippy::print_stderr)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -48,7 +51,17 @@ struct Args {
     max_batch_bytes: Option<u32>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
     let mut config = match &args.config {
@@ -114,4 +127,17 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
+}
+
+/// The error and its causes on one line, without repeating a cause its parent already shows.
+fn describe(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }

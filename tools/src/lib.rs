@@ -1,0 +1,83 @@
+//! # strata-tools
+//!
+//! The `strata` command, the one tool a person uses: a local node (`strata dev`), topics,
+//! producing from stdin, consuming to stdout, consumer groups, and benchmarks. `main.rs` only
+//! parses the command line; each command lives in `commands::*`.
+//!
+//! # Layout
+//! - [`Cli`]: the command line (clap), with `--brokers` (env `STRATA_BROKERS`) and `--json`.
+//! - `commands`: `dev`, `topic`, `produce`, `consume`, `group`, `bench`.
+//! - `demo`: the IoT event generator of `strata dev --demo`.
+//! - `output`: tables and JSON; `units`: sizes and durations.
+
+// A command-line tool prints by design.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![forbid(unsafe_code)]
+
+pub mod commands;
+pub mod demo;
+mod output;
+pub mod units;
+
+use clap::{Parser, Subcommand};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a replicated event store and broker for real-time analytics",
+    long_about = "Strata: a replicated event store and broker for real-time analytics.\n\n\
+Start a local node with demo data: `strata dev --demo`. Then, in another terminal: \
+`strata topic list`, `strata consume sensors --follow`, `strata bench produce`.\n\n\
+Every command talks to --brokers (env STRATA_BROKERS, default 127.0.0.1:7001) and prints \
+tables for people, or one JSON object per line with --json."
+)]
+pub struct Cli {
+    /// Brokers to bootstrap from (host:port, comma-separated).
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_BROKERS",
+        default_value = "127.0.0.1:7001"
+    )]
+    pub brokers: String,
+    /// Machine-readable output: one JSON object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local node in this process (data in ./strata-data), optionally with demo data.
+    Dev(commands::dev::Args),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(commands::topic::TopicCommand),
+    /// Produce one record per line of standard input.
+    Produce(commands::produce::Args),
+    /// Print records of a topic.
+    Consume(commands::consume::Args),
+    /// List and describe consumer groups.
+    #[command(subcommand)]
+    Group(commands::group::GroupCommand),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => commands::dev::run(args, cli.json).await,
+        Command::Topic(cmd) => commands::topic::run(cmd, &cli.brokers, cli.json).await,
+        Command::Produce(args) => commands::produce::run(args, &cli.brokers, cli.json).await,
+        Command::Consume(args) => commands::consume::run(args, &cli.brokers, cli.json).await,
+        Command::Group(cmd) => commands::group::run(cmd, &cli.brokers, cli.json).await,
+        Command::Bench(cmd) => commands::bench::run(cmd, &cli.brokers, cli.json).await,
+    }
+}
