@@ -17,6 +17,13 @@ use crate::node::Node;
 use crate::topics::{Topics, node_log_config};
 use crate::{http, service};
 
+/// HTTP/2 flow-control window of one stream (a request or a fetch stream).
+pub const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
+/// HTTP/2 flow-control window of a connection.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 64 << 20;
+/// Largest HTTP/2 frame.
+pub const HTTP2_MAX_FRAME: u32 = (1 << 24) - 1;
+
 /// How often silent group members are expired.
 const GROUP_SWEEP: Duration = Duration::from_millis(250);
 
@@ -87,8 +94,12 @@ impl Broker {
         let (stop, _) = watch::channel(false);
 
         let mut servers = Vec::new();
+        // Batches are large: wide HTTP/2 windows and frames save flow-control round trips.
         let grpc_server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_frame_size(HTTP2_MAX_FRAME)
             .concurrency_limit_per_connection(node.config.max_in_flight_per_connection)
             .add_routes(service::routes(&node))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop.subscribe()));

@@ -39,6 +39,8 @@ impl Default for ClientConfig {
 /// What the client knows of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TopicInfo {
+    /// Its name, shared by everything that refers to the topic.
+    pub name: Arc<str>,
     /// The leader of each partition.
     pub leaders: Vec<u64>,
 }
@@ -46,7 +48,7 @@ pub(crate) struct TopicInfo {
 #[derive(Debug, Default)]
 struct Cluster {
     nodes: HashMap<u64, String>,
-    topics: HashMap<String, TopicInfo>,
+    topics: HashMap<String, Arc<TopicInfo>>,
 }
 
 /// A connection to a Strata cluster. Cheap to clone; clones share connections and metadata.
@@ -134,6 +136,10 @@ impl Client {
             .map_err(|e| Error::InvalidConfig(format!("bad broker address `{address}`: {e}")))?
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true)
+            // Batches are large: wide HTTP/2 windows and frames save flow-control round trips.
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20)
+            .max_frame_size((1 << 24) - 1)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
@@ -218,12 +224,16 @@ impl Client {
                     *slot = p.leader;
                 }
             }
-            cluster.topics.insert(t.name, TopicInfo { leaders });
+            let info = TopicInfo {
+                name: Arc::from(t.name.as_str()),
+                leaders,
+            };
+            cluster.topics.insert(t.name, Arc::new(info));
         }
     }
 
     /// A topic's partitions and leaders, from the cache or the cluster.
-    pub(crate) async fn topic(&self, name: &str) -> Result<TopicInfo> {
+    pub(crate) async fn topic(&self, name: &str) -> Result<Arc<TopicInfo>> {
         if let Some(t) = self
             .inner
             .cluster

@@ -7,8 +7,8 @@ use bytes::Bytes;
 /// A record to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerRecord {
-    /// Target topic.
-    pub topic: String,
+    /// Target topic (an `Arc<str>`: pass a shared one to avoid a copy per record).
+    pub topic: Arc<str>,
     /// A fixed partition; `None` lets the partitioner choose (by key, or sticky).
     pub partition: Option<u32>,
     /// Optional key (decides the partition when set).
@@ -23,7 +23,7 @@ pub struct ProducerRecord {
 
 impl ProducerRecord {
     /// A record with a value.
-    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, value: impl Into<Bytes>) -> Self {
         ProducerRecord {
             topic: topic.into(),
             partition: None,

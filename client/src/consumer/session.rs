@@ -301,7 +301,7 @@ async fn spawn_fetchers(
         .client
         .topic(&topic)
         .await
-        .map(|t| t.leaders)
+        .map(|t| t.leaders.clone())
         .unwrap_or_default();
     let mut by_leader: BTreeMap<u64, Vec<(u32, u64)>> = BTreeMap::new();
     for (p, o) in positions {

@@ -95,7 +95,7 @@ impl Accumulator {
         record: NewRecord<'_>,
         reserved: usize,
         waiter: Waiter,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Result<Pushed> {
         let batch_bytes = self.batch_bytes;
         let queue = self.queues.entry(key.clone()).or_default();
@@ -111,7 +111,7 @@ impl Accumulator {
             builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20)),
             waiters: Vec::new(),
             reserved: 0,
-            created: now,
+            created: now(),
         });
         open.builder.push(record).map_err(Error::InvalidRecord)?;
         open.waiters.push(waiter);
@@ -221,14 +221,14 @@ mod tests {
         for _ in 0..3 {
             let (w, _) = waiter();
             assert!(
-                !acc.push(key(0), NewRecord::value(1, &value), 500, w, now)
+                !acc.push(key(0), NewRecord::value(1, &value), 500, w, || now)
                     .unwrap()
                     .sealed
             );
         }
         let (w, _) = waiter();
         let pushed = acc
-            .push(key(0), NewRecord::value(1, &value), 500, w, now)
+            .push(key(0), NewRecord::value(1, &value), 500, w, || now)
             .unwrap();
         assert!(
             pushed.sealed,
@@ -261,7 +261,7 @@ mod tests {
             NewRecord::value(1, &[0u8; 2_000]),
             2_000,
             w,
-            now,
+            || now,
         )
         .unwrap();
         assert_eq!(acc.sticky_partition(&topic, 4), (first + 1) % 4);

@@ -218,7 +218,7 @@ impl Producer {
         let client = &self.shared.settings.client;
         let topic = client.topic(&record.topic).await?;
         let partitions = topic.leaders.len() as u32;
-        let topic_name: Arc<str> = Arc::from(record.topic.as_str());
+        let topic_name = topic.name.clone();
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < partitions => p,
             (Some(p), _) => {
@@ -249,14 +249,20 @@ impl Producer {
                 self.shared.settings.max_in_flight_bytes
             )));
         }
-        let permit = self
-            .shared
-            .budget
-            .clone()
-            .acquire_many_owned(size as u32)
-            .await
-            .map_err(|_| Error::Closed)?;
-        permit.forget(); // given back when the batch is done
+        // Given back when the batch is done; waits only when the budget is spent.
+        match self.shared.budget.try_acquire_many(size as u32) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let permit = self
+                    .shared
+                    .budget
+                    .acquire_many(size as u32)
+                    .await
+                    .map_err(|_| Error::Closed)?;
+                permit.forget();
+            }
+        }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let headers: Vec<(&str, Option<&[u8]>)> = record
             .headers
@@ -275,7 +281,7 @@ impl Producer {
             new,
             size,
             Waiter { tx, timestamp },
-            Instant::now(),
+            Instant::now,
         );
         match pushed {
             Ok(p) if p.sealed || p.opened => self.shared.wake.notify_one(),

@@ -435,7 +435,7 @@ fn recover_active(
     let (index_file, checkpoint, clean) = open_active_index(&paths, &meta)?;
 
     let (_, mut writer) =
-        SegmentMap::writable(&data_file, 0).map_err(|e| Error::io(&paths.data, e))?;
+        SegmentMap::writable(data_file, 0).map_err(|e| Error::io(&paths.data, e))?;
     let data = writer.private(0..data_len).unwrap_or(&[]);
     // Trust the checkpoint if its last entry is where the index says.
     let mut entries = checkpoint;
@@ -473,7 +473,7 @@ fn recover_active(
     if clean_reopen {
         let mut index = ActiveIndex::reopen(index_file, paths.index.clone(), checkpointed);
         index.checkpoint(&[], next.position as u64, false)?;
-        let writer = ActiveSegment::reopen(meta, paths.clone(), data_file, writer, next.position);
+        let writer = ActiveSegment::reopen(meta, paths.clone(), writer, next.position);
         let view = ActiveView {
             meta,
             paths,
@@ -497,7 +497,6 @@ fn recover_active(
     };
     if entries.is_empty() {
         drop(writer);
-        drop(data_file);
         paths.remove()?;
         return Ok(ActiveRecovery::Replaced {
             sealed_now: None,
@@ -510,7 +509,7 @@ fn recover_active(
         paths.index.clone(),
         checkpointed,
     )));
-    let segment = ActiveSegment::reopen(meta, paths.clone(), data_file, writer, next.position);
+    let segment = ActiveSegment::reopen(meta, paths.clone(), writer, next.position);
     let map = segment.map().clone();
     let entries = Arc::new(entries);
     let job = segment.into_seal_job(entries.clone(), index);

@@ -31,19 +31,6 @@ pub(crate) fn open_ro(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| Error::io(path, e))
 }
 
-/// Reserves `len` bytes of disk for `file`, so writing through a map never meets a full disk
-/// (which would be a SIGBUS). Filesystems without `fallocate` get a sparse file instead.
-pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-            tracing::warn!(path = %path.display(), "fallocate unsupported; segment file will be sparse");
-            file.set_len(len).map_err(|e| Error::io(path, e))
-        }
-        Err(e) => Err(Error::io(path, io::Error::from(e))),
-    }
-}
-
 /// Writes all of `bytes` at `pos`.
 pub(crate) fn write_at(file: &File, path: &Path, pos: u64, bytes: &[u8]) -> Result<()> {
     file.write_all_at(bytes, pos)

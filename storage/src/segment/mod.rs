@@ -1,6 +1,6 @@
 //! Segments: the files a partition log is made of.
 //!
-//! The log's last segment is *active*: its data file is preallocated to the segment size,
+//! The log's last segment is *active*: its data file is sized to the segment size (sparse),
 //! mapped read-write, and entries are copied into the map ([`ActiveSegment`]). Its index
 //! lives in memory and reaches the index file at checkpoints ([`ActiveIndex`]). When the
 //! segment fills up or ages out it is *sealed*: a [`SealJob`] syncs it, trims the data file to
@@ -154,7 +154,6 @@ pub(crate) fn read_entry(
 pub(crate) struct ActiveSegment {
     pub meta: SegmentMeta,
     pub paths: SegmentPaths,
-    data_file: File,
     writer: MapWriter,
     /// Data position after the last entry.
     pub end: usize,
@@ -180,7 +179,7 @@ pub(crate) struct ActiveIndex {
 }
 
 impl ActiveSegment {
-    /// Creates both files of a new segment: the data file preallocated to `capacity` bytes.
+    /// Creates both files of a new segment: the data file sized to `capacity` bytes.
     pub fn create(
         dir: &Path,
         meta: SegmentMeta,
@@ -194,7 +193,7 @@ impl ActiveSegment {
         }
         let (data_file, index_file) = created?;
         file::sync_dir(dir)?;
-        let (_, writer) = SegmentMap::writable(&data_file, SEGMENT_HEADER_LEN)
+        let (_, writer) = SegmentMap::writable(data_file, SEGMENT_HEADER_LEN)
             .map_err(|e| Error::io(&paths.data, e))?;
         let index = ActiveIndex {
             file: index_file,
@@ -206,7 +205,6 @@ impl ActiveSegment {
             ActiveSegment {
                 meta,
                 paths,
-                data_file,
                 writer,
                 end: SEGMENT_HEADER_LEN,
             },
@@ -220,7 +218,7 @@ impl ActiveSegment {
         capacity: u64,
     ) -> Result<(File, File)> {
         let data = file::create_new(&paths.data)?;
-        file::preallocate(&data, &paths.data, capacity)?;
+        file::set_len(&data, &paths.data, capacity)?;
         file::write_at(&data, &paths.data, 0, &meta.encode(FileKind::Data))?;
         file::sync_data(&data, &paths.data)?;
         let index = file::create_new(&paths.index)?;
@@ -231,18 +229,11 @@ impl ActiveSegment {
         Ok((data, index))
     }
 
-    /// Reopens the active segment found at open, mapped writable with `end` bytes published.
-    pub fn reopen(
-        meta: SegmentMeta,
-        paths: SegmentPaths,
-        data_file: File,
-        writer: MapWriter,
-        end: usize,
-    ) -> Self {
+    /// Reopens the active segment found at open, with `end` bytes published.
+    pub fn reopen(meta: SegmentMeta, paths: SegmentPaths, writer: MapWriter, end: usize) -> Self {
         ActiveSegment {
             meta,
             paths,
-            data_file,
             writer,
             end,
         }
@@ -258,8 +249,8 @@ impl ActiveSegment {
         self.map().len().saturating_sub(self.end)
     }
 
-    /// Copies an entry into the map and publishes it. `base_offset` is patched into a data
-    /// body's first 8 bytes. Returns the entry's position.
+    /// Writes an entry (one `pwritev`) and publishes it. `base_offset` is patched into a data
+    /// body's first 8 bytes on the way. Returns the entry's position.
     pub fn write_entry(
         &mut self,
         header: &[u8; ENTRY_HEADER_LEN],
@@ -267,16 +258,13 @@ impl ActiveSegment {
         base_offset: Option<u64>,
     ) -> Result<usize> {
         let pos = self.end;
-        let io = |e| Error::io(&self.paths.data, e);
-        self.writer.write(pos, header).map_err(io)?;
-        self.writer
-            .write(pos + ENTRY_HEADER_LEN, body)
-            .map_err(io)?;
-        if let Some(base_offset) = base_offset {
-            self.writer
-                .write(pos + ENTRY_HEADER_LEN, &base_offset.to_le_bytes())
-                .map_err(io)?;
-        }
+        let written = match base_offset {
+            Some(base_offset) if body.len() >= 8 => self
+                .writer
+                .write(pos, &[header, &base_offset.to_le_bytes(), &body[8..]]),
+            _ => self.writer.write(pos, &[header, body]),
+        };
+        written.map_err(|e| Error::io(&self.paths.data, e))?;
         self.end = pos + ENTRY_HEADER_LEN + body.len();
         self.writer.freeze(self.end);
         Ok(pos)
@@ -294,7 +282,6 @@ impl ActiveSegment {
             .map_or(SEGMENT_HEADER_LEN, |e| e.end_position());
         SealJob {
             paths: self.paths,
-            data_file: self.data_file,
             writer: self.writer,
             end,
             entries,
@@ -388,7 +375,6 @@ impl ActiveIndex {
 /// The work of sealing a segment, done off the append path by the flusher.
 pub(crate) struct SealJob {
     paths: SegmentPaths,
-    data_file: File,
     writer: MapWriter,
     end: usize,
     entries: Arc<Vec<IndexEntry>>,
@@ -405,7 +391,7 @@ impl std::fmt::Debug for SealJob {
 }
 
 impl SealJob {
-    /// Syncs the segment's data (msync of the written part).
+    /// Syncs the segment's data (fdatasync).
     pub fn flush_data(&self) -> Result<()> {
         self.writer
             .map()
@@ -423,10 +409,10 @@ impl SealJob {
     pub fn finish(mut self) -> Result<()> {
         let trimmed = self
             .writer
-            .trim_file(&self.data_file, self.end)
+            .trim_file(self.end)
             .map_err(|e| Error::io(&self.paths.data, e))?;
         if trimmed {
-            file::sync_data(&self.data_file, &self.paths.data)?;
+            file::sync_data(self.writer.file(), &self.paths.data)?;
         }
         self.index
             .lock()

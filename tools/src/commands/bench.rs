@@ -206,7 +206,8 @@ async fn produce(
         let quota =
             count.map(|c| c / producers as u64 + u64::from((i as u64) < c % producers as u64));
         let per_producer_rate = args.rate.map(|r| (r as f64 / producers as f64).max(1.0));
-        let (topic, payload, acked) = (args.topic.clone(), payload.clone(), acked.clone());
+        let topic: Arc<str> = Arc::from(args.topic.as_str());
+        let (payload, acked) = (payload.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let (tx, mut rx) =
                 tokio::sync::mpsc::channel::<(Instant, strata_client::DeliveryFuture)>(65_536);
@@ -320,32 +321,37 @@ async fn consume(client: &Client, args: &Args, quiet: bool) -> anyhow::Result<Re
         .await?;
     let bar = progress(Some(total), quiet);
     let started = Instant::now();
-    let (mut records, mut bytes) = (0u64, 0u64);
     let mut remaining: HashMap<u32, u64> = ends
         .iter()
         .filter(|(_, end)| **end > 0)
         .map(|(p, e)| (*p, *e))
         .collect();
-    while !remaining.is_empty() {
-        let record = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("no records for 30 s with {} still to read", total - records)
-            })?
-            .ok_or_else(|| anyhow::anyhow!("the consumer stopped"))??;
-        records += 1;
-        bytes += record.value.as_ref().map_or(0, |v| v.len() as u64)
-            + record.key.as_ref().map_or(0, |k| k.len() as u64);
-        if remaining
-            .get(&record.partition)
-            .is_some_and(|end| record.offset + 1 >= *end)
-        {
-            remaining.remove(&record.partition);
+    // One deadline for the whole read: a timer per record would cost more than the record.
+    let read_all = async {
+        let (mut records, mut bytes) = (0u64, 0u64);
+        while !remaining.is_empty() {
+            let record = consumer
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("the consumer stopped"))??;
+            records += 1;
+            bytes += record.value.as_ref().map_or(0, |v| v.len() as u64)
+                + record.key.as_ref().map_or(0, |k| k.len() as u64);
+            if remaining
+                .get(&record.partition)
+                .is_some_and(|end| record.offset + 1 >= *end)
+            {
+                remaining.remove(&record.partition);
+            }
+            if records % 10_000 == 0 {
+                bar.set_position(records);
+            }
         }
-        if records % 10_000 == 0 {
-            bar.set_position(records);
-        }
-    }
+        anyhow::Ok((records, bytes))
+    };
+    let (records, bytes) = tokio::time::timeout(Duration::from_secs(600), read_all)
+        .await
+        .map_err(|_| anyhow::anyhow!("catching up took more than 10 minutes"))??;
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     consumer.close().await?;
