@@ -735,3 +735,69 @@ async fn t20_bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
 }
+
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: strata\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// t04: operators get health and Prometheus metrics (traffic, latency, partitions, log size,
+/// group lag) over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t04_health_and_metrics_over_http() {
+    let broker = TestBroker::start_with(|c| c.http = Some("127.0.0.1:0".parse().unwrap())).await;
+    let http = broker.http_address().unwrap();
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("watched", TopicSpec::partitions(2))
+        .await
+        .unwrap();
+    let producer = client.producer().build();
+    produce_to_each(&producer, "watched", 2, 5, "m").await;
+    let mut consumer = client
+        .consumer()
+        .assign("watched", [0])
+        .group("ops")
+        .start_at(StartAt::Earliest)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    consumer.commit().await.unwrap();
+
+    let (status, body) = http_get(http, "/health").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("\"serving\""), "{body}");
+    let (status, metrics) = http_get(http, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    for expected in [
+        "strata_produce_records_total{topic=\"watched\"} 10",
+        "strata_fetch_records_total{topic=\"watched\"}",
+        "strata_request_duration_seconds_bucket{le=",
+        "strata_partitions 2",
+        "strata_log_bytes{topic=\"watched\",partition=\"0\"}",
+        "strata_group_lag{group=\"ops\",topic=\"watched\",partition=\"0\"} 0",
+        "strata_high_watermark{topic=\"watched\",partition=\"1\"} 5",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing `{expected}` in:\n{metrics}"
+        );
+    }
+    assert!(metrics.trim_end().ends_with("# EOF"));
+}

@@ -220,6 +220,12 @@ impl LogInner {
             for job in &seals {
                 job.flush_data()?;
             }
+            // A segment created by a roll is made durable here, off the append path,
+            // before any of its data is reported durable.
+            index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sync_creation()?;
             if end > io.active_flushed {
                 map.flush(io.active_flushed..end)
                     .map_err(|e| Error::io(&self.dir, e))?;

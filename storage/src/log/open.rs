@@ -349,7 +349,8 @@ fn fresh(
     tail: Tail,
     start: LogStart,
 ) -> Result<Recovered> {
-    let (writer, index) = create_active(dir, config, &tail)?;
+    let (writer, mut index) = create_active(dir, config, &tail)?;
+    writer.sync_creation(&mut index)?;
     let view = ActiveView {
         meta: writer.meta,
         paths: writer.paths.clone(),
@@ -395,28 +396,25 @@ fn recover_active(
     let data_file = file::open_rw(&paths.data)?;
     let data_len = file::len(&data_file, &paths.data)? as usize;
     let mut head = [0u8; SEGMENT_HEADER_LEN];
-    let meta = if file::read_at(&data_file, &paths.data, 0, &mut head)? {
+    let readable = file::read_at(&data_file, &paths.data, 0, &mut head)?;
+    let meta = if readable {
         SegmentMeta::decode(&head, FileKind::Data)
     } else {
         None
     };
     let Some(meta) = meta else {
-        // The crash came while the segment was being created: it holds no entries.
-        let mut first_entry = [0u8; 64];
-        let readable = file::read_at(
-            &data_file,
-            &paths.data,
-            SEGMENT_HEADER_LEN as u64,
-            &mut first_entry,
-        )?;
-        if readable && first_entry.iter().any(|b| *b != 0) {
+        if readable && head.iter().any(|b| *b != 0) {
             return Err(Error::corrupt(
                 &paths.data,
                 0,
                 "active segment header damaged",
             ));
         }
-        tracing::warn!(path = %paths.data.display(), "removing a segment whose creation was interrupted");
+        // The header never reached the disk: the crash came while the segment was being
+        // created, or after a roll before its first flush. The flusher makes the header
+        // durable with (and before acknowledging) the segment's first data, so nothing in
+        // this file was acknowledged as durable; whatever entry bytes it holds are dropped.
+        tracing::warn!(path = %paths.data.display(), "removing a segment whose creation never reached the disk");
         drop(data_file);
         paths.remove()?;
         let tail = tail_before(previous, stored_start, first_index, first_offset)?;

@@ -360,7 +360,8 @@ impl LogInner {
             self.tail_at_boundary(&sealed, keep_next)?
         };
         // 3. The new active segment, so a crash from here on stops every scan at `keep_next`.
-        let (new_segment, new_index) = create_active(&self.dir, &self.config, &tail)?;
+        let (new_segment, mut new_index) = create_active(&self.dir, &self.config, &tail)?;
+        new_segment.sync_creation(&mut new_index)?;
         // 4. Cut the segment that holds the new last entry: the active one is sealed short
         //    once the new view is published; a sealed one gets a shorter index now.
         let mut seal_after = None;
@@ -561,7 +562,8 @@ impl LogInner {
                 last: Some(last),
                 max_timestamp,
             };
-            let (segment, index) = create_active(&self.dir, &self.config, &tail)?;
+            let (segment, mut index) = create_active(&self.dir, &self.config, &tail)?;
+            segment.sync_creation(&mut index)?;
             let view = ActiveView {
                 meta: segment.meta,
                 paths: segment.paths.clone(),

@@ -176,6 +176,8 @@ pub(crate) struct ActiveIndex {
     /// Entries written to the file.
     persisted: usize,
     state: IndexState,
+    /// The index file and the segment's directory entries are durable.
+    creation_synced: bool,
 }
 
 impl ActiveSegment {
@@ -192,7 +194,6 @@ impl ActiveSegment {
             let _ = paths.remove();
         }
         let (data_file, index_file) = created?;
-        file::sync_dir(dir)?;
         let (_, writer) = SegmentMap::writable(data_file, SEGMENT_HEADER_LEN)
             .map_err(|e| Error::io(&paths.data, e))?;
         let index = ActiveIndex {
@@ -200,6 +201,7 @@ impl ActiveSegment {
             path: paths.index.clone(),
             persisted: 0,
             state: IndexState::default(),
+            creation_synced: false,
         };
         Ok((
             ActiveSegment {
@@ -220,13 +222,19 @@ impl ActiveSegment {
         let data = file::create_new(&paths.data)?;
         file::set_len(&data, &paths.data, capacity)?;
         file::write_at(&data, &paths.data, 0, &meta.encode(FileKind::Data))?;
-        file::sync_data(&data, &paths.data)?;
         let index = file::create_new(&paths.index)?;
         let mut head = meta.encode(FileKind::Index).to_vec();
         head.extend_from_slice(&IndexState::default().encode());
         file::write_at(&index, &paths.index, 0, &head)?;
-        file::sync_data(&index, &paths.index)?;
         Ok((data, index))
+    }
+
+    /// Makes the segment's creation durable now (its header, its index file, its directory
+    /// entry). Operations that rely on the segment being on disk call this; a roll leaves it
+    /// to the flusher, which does it before syncing any data of the segment.
+    pub fn sync_creation(&self, index: &mut ActiveIndex) -> Result<()> {
+        file::sync_data(self.writer.file(), &self.paths.data)?;
+        index.sync_creation()
     }
 
     /// Reopens the active segment found at open, with `end` bytes published.
@@ -299,7 +307,18 @@ impl ActiveIndex {
             path,
             persisted,
             state: IndexState::default(),
+            creation_synced: true,
         }
+    }
+
+    /// Makes the index file and the segment's directory entries durable, once.
+    pub fn sync_creation(&mut self) -> Result<()> {
+        if !self.creation_synced {
+            file::sync_data(&self.file, &self.path)?;
+            file::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            self.creation_synced = true;
+        }
+        Ok(())
     }
 
     /// Entries already in the index file.

@@ -81,6 +81,7 @@ pub async fn run(command: BenchCommand, brokers: &str, json: bool) -> anyhow::Re
     match command {
         BenchCommand::Produce(args) => {
             ensure_topic(&client, &args).await?;
+            warm_up(&client, &args).await?;
             let report = produce(&client, &args, json, None).await?;
             print_report("produce", &args, &report, json);
         }
@@ -90,6 +91,7 @@ pub async fn run(command: BenchCommand, brokers: &str, json: bool) -> anyhow::Re
         }
         BenchCommand::E2e(args) => {
             ensure_topic(&client, &args).await?;
+            warm_up(&client, &args).await?;
             let report = e2e(&client, &args, json).await?;
             print_report("e2e", &args, &report, json);
         }
@@ -146,6 +148,30 @@ async fn ensure_topic(client: &Client, args: &Args) -> anyhow::Result<()> {
         Err(e) if e.code() == Some(ErrorCode::TopicExists) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Sends one record to every partition and waits for it, so connections, metadata and the
+/// broker's first appends are in place before anything is measured.
+async fn warm_up(client: &Client, args: &Args) -> anyhow::Result<()> {
+    let producer = client.producer().linger(Duration::ZERO).build();
+    let partitions = client
+        .admin()
+        .describe_topic(&args.topic)
+        .await?
+        .partitions
+        .len() as u32;
+    let mut deliveries = Vec::new();
+    for p in 0..partitions {
+        let record = ProducerRecord::new(args.topic.as_str(), Bytes::from_static(b"warm-up"))
+            .partition(p)
+            .header("warmup", Bytes::new());
+        deliveries.push(producer.send(record).await?);
+    }
+    for d in deliveries {
+        d.await?;
+    }
+    producer.close().await?;
+    Ok(())
 }
 
 fn histogram() -> Histogram<u64> {
@@ -214,20 +240,30 @@ async fn produce(
             let acker = {
                 let acked = acked.clone();
                 tokio::spawn(async move {
+                    // Latency is taken when each delivery completes, not in send order: a
+                    // record acknowledged early must not wait behind a slower partition.
                     let mut h = histogram();
                     let mut failures = 0u64;
-                    while let Some((sent, delivery)) = rx.recv().await {
-                        match delivery.await {
-                            Ok(_) => {
-                                h.saturating_record(sent.elapsed().as_micros() as u64);
-                                acked.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                failures += 1;
-                                if failures == 1 {
-                                    eprintln!("delivery failed: {e}");
+                    let mut pending = futures_util::stream::FuturesUnordered::new();
+                    let mut open = true;
+                    while open || !pending.is_empty() {
+                        tokio::select! {
+                            next = rx.recv(), if open => match next {
+                                Some((sent, delivery)) => pending.push(async move { (sent, delivery.await) }),
+                                None => open = false,
+                            },
+                            Some((sent, result)) = pending.next(), if !pending.is_empty() => match result {
+                                Ok(_) => {
+                                    h.saturating_record(sent.elapsed().as_micros() as u64);
+                                    acked.fetch_add(1, Ordering::Relaxed);
                                 }
-                            }
+                                Err(e) => {
+                                    failures += 1;
+                                    if failures == 1 {
+                                        eprintln!("delivery failed: {e}");
+                                    }
+                                }
+                            },
                         }
                     }
                     (h, failures)
