@@ -25,6 +25,7 @@
 //! - `service`: the gRPC services; `service::status` maps errors to statuses.
 //! - `http`: `/health` and `/metrics`; `metrics`: the Prometheus registry.
 //! - `error`: [`Error`].
+//! - [`process`]: logging, signals and error reporting shared by the binaries.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -35,6 +36,7 @@ mod metrics;
 mod names;
 mod node;
 pub mod partition;
+pub mod process;
 mod server;
 mod service;
 pub mod topics;

@@ -32,7 +32,7 @@ const GROUP_SWEEP: Duration = Duration::from_millis(250);
 pub struct Broker {
     node: Arc<Node>,
     /// The data directory's lock, held while the node runs.
-    data_lock: Option<std::fs::File>,
+    data_lock: Option<strata_storage::DirLock>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -165,9 +165,7 @@ impl Broker {
         tokio::task::spawn_blocking(move || topics.close_all())
             .await
             .map_err(|e| Error::Unavailable(format!("shutdown task failed: {e}")))??;
-        if let Some(lock) = self.data_lock.take() {
-            let _ = lock.unlock();
-        }
+        drop(self.data_lock.take());
         tracing::info!(node_id = self.node.config.node_id, "stopped");
         Ok(())
     }
@@ -184,23 +182,15 @@ impl Drop for Broker {
 }
 
 /// Locks `<data_dir>/LOCK` so that no second node uses the directory.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+fn lock_data_dir(dir: &std::path::Path) -> Result<strata_storage::DirLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Unavailable(format!(
+    strata_storage::DirLock::acquire(dir).map_err(|e| match e {
+        strata_storage::Error::Locked { .. } => Error::Unavailable(format!(
             "data directory {} is in use by another node",
             dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
+        )),
+        e => Error::io(dir, std::io::Error::other(e)),
+    })
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

@@ -42,6 +42,6 @@ pub use batch::{BatchBuilder, NewRecord, Record, RecordBatch};
 pub use entry::{Entry, EntryBody, EntryKind, LogId, NewEntry};
 pub use error::{Error, Result};
 pub use log::{
-    Appended, Appending, Damage, Fetched, Flusher, FsyncPolicy, LogConfig, LogState, PartitionLog,
-    RetentionPolicy, SegmentInfo, VerifyReport,
+    Appended, Appending, Damage, DirLock, Fetched, Flusher, FsyncPolicy, LogConfig, LogState,
+    PartitionLog, RetentionPolicy, SegmentInfo, VerifyReport,
 };

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use strata_broker::{Broker, Config, Fsync};
-use strata_client::Client;
+use strata_client::{Client, Consumer, ConsumerRecord, StartAt, TopicSpec};
 
 /// A broker under test and its data directory.
 pub struct TestBroker {
@@ -69,6 +70,19 @@ impl TestBroker {
             .expect("client connects")
     }
 
+    /// A client of this node, after creating `topic` with `partitions` partitions.
+    pub async fn client_with_topic(&self, topic: &str, partitions: u32) -> Client {
+        let client = self.client().await;
+        if let Err(e) = client
+            .admin()
+            .create_topic(topic, TopicSpec::partitions(partitions))
+            .await
+        {
+            panic!("creating topic {topic}: {e}");
+        }
+        client
+    }
+
     /// Stops the node cleanly.
     pub async fn stop(&mut self) {
         if let Some(broker) = self.broker.take() {
@@ -109,6 +123,39 @@ pub async fn eventually<T>(
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a test waits for a record before it fails.
+pub const RECORD_WAIT: Duration = Duration::from_secs(30);
+
+/// A consumer of `partitions` of `topic` without a group, starting at `start`.
+pub async fn reader(
+    client: &Client,
+    topic: &str,
+    partitions: impl IntoIterator<Item = u32>,
+    start: StartAt,
+) -> Consumer {
+    match client
+        .consumer()
+        .assign(topic, partitions)
+        .start_at(start)
+        .build()
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(e) => panic!("building a consumer of {topic}: {e}"),
+    }
+}
+
+/// The consumer's next record; fails the test if none comes within [`RECORD_WAIT`], the
+/// stream ends or yields an error.
+pub async fn next_record(consumer: &mut Consumer) -> ConsumerRecord {
+    match tokio::time::timeout(RECORD_WAIT, consumer.next()).await {
+        Ok(Some(Ok(record))) => record,
+        Ok(Some(Err(e))) => panic!("the consumer failed: {e}"),
+        Ok(None) => panic!("the consumer's stream ended"),
+        Err(_) => panic!("no record within {RECORD_WAIT:?}"),
     }
 }
 

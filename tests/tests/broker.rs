@@ -14,7 +14,7 @@ use strata_client::{
     Acks, Consumer, ConsumerRecord, ErrorCode, ProducerRecord, StartAt, TopicSpec,
 };
 use strata_proto::v1;
-use strata_tests::{TestBroker, eventually};
+use strata_tests::{TestBroker, eventually, next_record, reader};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -22,12 +22,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t01_100k_records_round_trip_in_partition_order() {
     let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("events", TopicSpec::partitions(8))
-        .await
-        .unwrap();
+    let client = broker.client_with_topic("events", 8).await;
     let producer = client
         .producer()
         .linger(Duration::from_millis(2))
@@ -49,13 +44,7 @@ async fn t01_100k_records_round_trip_in_partition_order() {
     assert_eq!(acked.values().map(Vec::len).sum::<usize>(), total as usize);
     assert_eq!(acked.len(), 8, "keys spread over every partition");
 
-    let mut consumer = client
-        .consumer()
-        .assign("events", 0..8)
-        .start_at(StartAt::Earliest)
-        .build()
-        .await
-        .unwrap();
+    let mut consumer = reader(&client, "events", 0..8, StartAt::Earliest).await;
     let mut seen: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
     let mut count = 0;
     while count < total {
@@ -112,12 +101,7 @@ mod serde_json_lite {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t02_long_poll_delivers_a_later_record() {
     let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("later", TopicSpec::partitions(1))
-        .await
-        .unwrap();
+    let client = broker.client_with_topic("later", 1).await;
     let mut fetch = v1::fetch_client::FetchClient::connect(format!("http://{}", broker.address()))
         .await
         .unwrap();
@@ -153,13 +137,7 @@ async fn t02_long_poll_delivers_a_later_record() {
     );
 
     // The client's consumer, started at the end, sees only what comes next.
-    let mut consumer = client
-        .consumer()
-        .assign("later", [0])
-        .start_at(StartAt::Latest)
-        .build()
-        .await
-        .unwrap();
+    let mut consumer = reader(&client, "later", [0], StartAt::Latest).await;
     eventually(WAIT, "the consumer's start position", async || {
         consumer.position("later", 0)
     })
@@ -181,12 +159,7 @@ async fn t02_long_poll_delivers_a_later_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t03_record_fields_and_acks_leader() {
     let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("fields", TopicSpec::partitions(2))
-        .await
-        .unwrap();
+    let client = broker.client_with_topic("fields", 2).await;
     let producer = client.producer().acks(Acks::Leader).build();
     let record = ProducerRecord::new("fields", "v")
         .key("k")
@@ -198,18 +171,8 @@ async fn t03_record_fields_and_acks_leader() {
         (meta.partition, meta.offset, meta.timestamp),
         (1, 0, 1_700_000_000_123)
     );
-    let mut consumer = client
-        .consumer()
-        .assign("fields", [1])
-        .start_at(StartAt::Earliest)
-        .build()
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut consumer = reader(&client, "fields", [1], StartAt::Earliest).await;
+    let got = next_record(&mut consumer).await;
     assert_eq!(got.key, Some(Bytes::from_static(b"k")));
     assert_eq!(got.value, Some(Bytes::from_static(b"v")));
     assert_eq!(got.timestamp, 1_700_000_000_123);
@@ -218,22 +181,14 @@ async fn t03_record_fields_and_acks_leader() {
         vec![("trace".to_string(), Bytes::from_static(b"abc"))]
     );
     // Starting by time finds the same record; a later time finds nothing yet.
-    let mut by_time = client
-        .consumer()
-        .assign("fields", [1])
-        .start_at(StartAt::Timestamp(1_700_000_000_000))
-        .build()
-        .await
-        .unwrap();
-    assert_eq!(
-        tokio::time::timeout(WAIT, by_time.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-            .offset,
-        0
-    );
+    let mut by_time = reader(
+        &client,
+        "fields",
+        [1],
+        StartAt::Timestamp(1_700_000_000_000),
+    )
+    .await;
+    assert_eq!(next_record(&mut by_time).await.offset, 0);
     let _ = eventually(WAIT, "a high watermark of 1", async || {
         let d = client.admin().describe_topic("fields").await.ok()?;
         (d.partitions[1].high_watermark == 1).then_some(())
@@ -382,12 +337,7 @@ fn unique_positions(records: &[ConsumerRecord]) -> Vec<(u32, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t10_group_splits_rebalances_and_resumes_after_restart() {
     let mut broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("orders", TopicSpec::partitions(6))
-        .await
-        .unwrap();
+    let client = broker.client_with_topic("orders", 6).await;
     let producer = client.producer().build();
     produce_to_each(&producer, "orders", 6, 100, "a").await;
 
@@ -487,7 +437,8 @@ async fn t10_group_splits_rebalances_and_resumes_after_restart() {
     b.close().await;
 }
 
-/// t11: a restart keeps topics, their settings and their data.
+/// t11: a restart keeps topics, their settings and their data; a second node cannot open
+/// a data directory in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t11_restart_keeps_topics_and_data() {
     let mut broker = TestBroker::start().await;
@@ -506,20 +457,10 @@ async fn t11_restart_keeps_topics_and_data() {
     let topic = client.admin().describe_topic("kept").await.unwrap();
     assert_eq!(topic.spec, spec);
     assert!(topic.partitions.iter().all(|p| p.high_watermark == 50));
-    let mut consumer = client
-        .consumer()
-        .assign("kept", 0..3)
-        .start_at(StartAt::Earliest)
-        .build()
-        .await
-        .unwrap();
+    let mut consumer = reader(&client, "kept", 0..3, StartAt::Earliest).await;
     let mut values = Vec::new();
     while values.len() < 150 {
-        let r = tokio::time::timeout(WAIT, consumer.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let r = next_record(&mut consumer).await;
         values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
     }
     values.sort();
@@ -534,6 +475,17 @@ async fn t11_restart_keeps_topics_and_data() {
         .await
         .unwrap();
     assert_eq!(meta.offset, 50);
+    let second = strata_broker::Broker::start(strata_broker::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http: None,
+        data_dir: broker.data_dir().to_path_buf(),
+        ..Default::default()
+    })
+    .await;
+    let Err(e) = second else {
+        panic!("a second node opened a data directory in use")
+    };
+    assert!(e.to_string().contains("in use by another node"), "{e}");
 }
 
 fn detail(status: &tonic::Status) -> v1::ErrorDetail {
@@ -553,12 +505,7 @@ fn batch_bytes(values: &[&[u8]]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t20_bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
     let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("good", TopicSpec::partitions(2))
-        .await
-        .unwrap();
+    let client = broker.client_with_topic("good", 2).await;
     let url = format!("http://{}", broker.address());
     let mut produce = v1::produce_client::ProduceClient::connect(url.clone())
         .await
@@ -715,18 +662,8 @@ async fn t20_bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(meta.offset, 0, "refused batches took no offsets");
-    let mut consumer = client
-        .consumer()
-        .assign("good", [0])
-        .start_at(StartAt::Earliest)
-        .build()
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut consumer = reader(&client, "good", [0], StartAt::Earliest).await;
+    let r = next_record(&mut consumer).await;
     assert_eq!(r.value.as_deref(), Some(&b"fine"[..]));
     // The client reports an unknown topic as such.
     let err = producer
@@ -755,12 +692,7 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String)
 async fn t04_health_and_metrics_over_http() {
     let broker = TestBroker::start_with(|c| c.http = Some("127.0.0.1:0".parse().unwrap())).await;
     let http = broker.http_address().unwrap();
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("watched", TopicSpec::partitions(2))
-        .await
-        .unwrap();
+    let client = broker.client_with_topic("watched", 2).await;
     let producer = client.producer().build();
     produce_to_each(&producer, "watched", 2, 5, "m").await;
     let mut consumer = client
@@ -772,11 +704,7 @@ async fn t04_health_and_metrics_over_http() {
         .await
         .unwrap();
     for _ in 0..5 {
-        tokio::time::timeout(WAIT, consumer.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        next_record(&mut consumer).await;
     }
     consumer.commit().await.unwrap();
 

@@ -1,14 +1,11 @@
 //! `strata-broker`: runs one Strata node.
 
-// Reporting a fatal error on stderr is this binary's job.
-#![allow(clippy::print_stderr)]
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use strata_broker::{Config, Fsync};
+use strata_broker::{Config, Fsync, process};
 
 /// Runs one Strata node until SIGINT or SIGTERM, then shuts it down cleanly (requests in
 /// flight finish, every log is flushed and closed).
@@ -58,18 +55,12 @@ struct Args {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", describe(&e));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    process::exit_code(run())
 }
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging();
+    process::init_logging("info");
     let mut config = match &args.config {
         Some(path) => Config::from_toml_file(path)?,
         None => Config::default(),
@@ -103,47 +94,6 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(strata_broker::run(config, shutdown_signal()))?;
+    runtime.block_on(strata_broker::run(config, process::shutdown_signal()))?;
     Ok(())
-}
-
-fn init_logging() {
-    let filter = std::env::var("STRATA_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-    }
-}
-
-/// The error and its causes on one line, without repeating a cause its parent already shows.
-fn describe(e: &anyhow::Error) -> String {
-    let mut message = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    message
 }

@@ -16,7 +16,7 @@ const LOCK_FILE: &str = "LOCK";
 
 /// The right to use a log directory; released on drop.
 #[derive(Debug)]
-pub(crate) struct DirLock {
+pub struct DirLock {
     file: File,
 }
 

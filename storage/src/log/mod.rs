@@ -37,6 +37,7 @@ use bytes::Bytes;
 pub use self::config::{FsyncPolicy, LogConfig, RetentionPolicy};
 pub use self::flush::Flusher;
 use self::flush::{DurableState, FlushIo};
+pub use self::lock::DirLock;
 use self::start::LogStart;
 use crate::entry::{Entry, EntryBody, LogId, NewEntry};
 use crate::error::{Error, Result};

@@ -81,7 +81,7 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
     } else {
         None
     };
-    shutdown_signal().await;
+    strata_broker::process::shutdown_signal().await;
     stop.send_replace(true);
     if let Some(generator) = generator {
         match generator.await {
@@ -95,19 +95,4 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
         println!("stopped");
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
