@@ -30,6 +30,7 @@
 
 pub mod config;
 mod error;
+mod fsutil;
 pub mod groups;
 mod http;
 mod metrics;
@@ -37,6 +38,7 @@ mod names;
 mod node;
 pub mod partition;
 pub mod process;
+pub mod raft;
 mod server;
 mod service;
 pub mod topics;

@@ -274,22 +274,13 @@ fn open_topic(
     })
 }
 
-/// Writes `path` atomically: a temporary file, fsync, rename, fsync of the directory.
+/// Writes `path` atomically (see [`crate::fsutil::write_atomically`]).
 pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(dir)
+    crate::fsutil::write_atomically(dir, path, bytes).map_err(|e| Error::io(path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    crate::fsutil::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// The flusher and storage settings shared by every partition of a node.

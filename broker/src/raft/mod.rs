@@ -1,0 +1,184 @@
+//! Replication: every partition, and the cluster's controller, is an openraft group whose
+//! Raft log *is* a storage log (see DESIGN.md, "Replication").
+//!
+//! - [`TypeConfig`]: one openraft type configuration for every group. A normal entry carries
+//!   a record batch ([`Batch`]); the controller's commands travel as one-record batches too,
+//!   so one log store implementation serves every group.
+//! - `store`: [`LogStore`], the `RaftLogStorage` over a `PartitionLog`, plus the small
+//!   checksummed vote and commit files.
+//! - `partition_sm`: the partition state machine (offsets, producer dedup state, the high
+//!   watermark); its snapshot is that state, never the records.
+//! - `network`: the client side of node-to-node traffic (one gRPC channel per peer, shared by
+//!   all groups); `service`: the server side, dispatching by group id.
+
+pub mod network;
+pub mod partition_sm;
+pub mod service;
+pub mod store;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use strata_storage::RecordBatch;
+
+pub use network::Router;
+pub use partition_sm::{PartitionSm, PartitionState, ProducerState};
+pub use store::LogStore;
+
+/// Identifies a Raft group: [`CONTROLLER_GROUP`] or a partition's [`partition_group`].
+pub type GroupId = u64;
+
+/// The controller group's id.
+pub const CONTROLLER_GROUP: GroupId = 0;
+
+/// The group of partition `partition` of the topic with id `topic_id` (topic ids start at 1).
+pub fn partition_group(topic_id: u32, partition: u32) -> GroupId {
+    (u64::from(topic_id) << 32) | u64::from(partition)
+}
+
+/// The topic id and partition of a partition group.
+pub fn split_group(group: GroupId) -> (u32, u32) {
+    ((group >> 32) as u32, group as u32)
+}
+
+/// A validated record batch as openraft application data. On the wire and on disk it is the
+/// batch's bytes, never re-encoded; serde (used only by openraft's own test suite and debug
+/// output) sees a byte string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Batch(pub RecordBatch);
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "batch({} records, {} bytes)",
+            self.0.record_count(),
+            self.0.len()
+        )
+    }
+}
+
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0.as_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes: Vec<u8> = serde::Deserialize::deserialize(d)?;
+        RecordBatch::from_bytes(Bytes::from(bytes))
+            .map(Batch)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What applying an entry answers to the proposer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to say (blank and membership entries).
+    #[default]
+    None,
+    /// A batch was appended with this base offset.
+    Appended {
+        /// Offset of its first record.
+        base_offset: u64,
+    },
+    /// A controller command's result, JSON.
+    Controller(String),
+}
+
+openraft::declare_raft_types!(
+    /// The openraft types of every Strata group.
+    pub TypeConfig:
+        D = Batch,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::EmptyNode,
+);
+
+/// An openraft log id.
+pub type RaftLogId = openraft::alias::LogIdOf<TypeConfig>;
+/// An openraft vote.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// An openraft log entry.
+pub type RaftEntry = openraft::alias::EntryOf<TypeConfig>;
+/// A membership configuration.
+pub type Membership = openraft::Membership<u64, openraft::EmptyNode>;
+/// A membership with the log id that set it.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A snapshot's description.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot: its description and the serialized state (JSON, a few hundred bytes).
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Bytes>;
+
+/// The openraft log id of a storage log id.
+pub fn to_raft_log_id(id: strata_storage::LogId) -> RaftLogId {
+    openraft::LogId::new(
+        openraft::impls::leader_id_adv::LeaderId {
+            term: id.term,
+            node_id: id.leader,
+        },
+        id.index,
+    )
+}
+
+/// The storage log id of an openraft log id.
+pub fn to_storage_log_id(id: &RaftLogId) -> strata_storage::LogId {
+    strata_storage::LogId::new(id.leader_id.term, id.leader_id.node_id, id.index)
+}
+
+/// Timing and batching of every group, tuned for a few nodes on a LAN (see README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTuning {
+    /// Heartbeat interval (ms).
+    pub heartbeat_ms: u64,
+    /// Election time-out range (ms); a leader's lease is the upper bound.
+    pub election_min_ms: u64,
+    /// See `election_min_ms`.
+    pub election_max_ms: u64,
+    /// A snapshot of the (tiny) state machine after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 900,
+            snapshot_every: 4096,
+        }
+    }
+}
+
+impl RaftTuning {
+    /// The openraft configuration.
+    pub fn config(&self, cluster: &str) -> Result<openraft::Config, openraft::ConfigError> {
+        openraft::Config {
+            cluster_name: cluster.to_owned(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            enable_pre_vote: Some(true),
+            max_payload_entries: 256,
+            // The log is the data: only retention purges it (after a snapshot covers it).
+            max_in_snapshot_log_to_keep: u64::MAX,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            replication_lag_threshold: self.snapshot_every * 4,
+            purge_batch_size: 1024,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
