@@ -3,6 +3,7 @@
 //! The binary layers command-line flags and `STRATA_*` environment variables over a TOML
 //! file over these defaults; tests and `strata dev` build a [`Config`] directly.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -92,6 +93,15 @@ pub struct Config {
     pub group_min_session_timeout_ms: u64,
     /// Bounds on consumer-group session time-outs.
     pub group_max_session_timeout_ms: u64,
+    /// The cluster: node id → address of its gRPC listener (Raft traffic goes there). Empty
+    /// for a single-node cluster. This node's own entry, if present, is ignored for routing.
+    pub peers: BTreeMap<u64, String>,
+    /// The client address this node announces (default: the bound gRPC address).
+    pub advertise: Option<String>,
+    /// Raft heartbeat interval (ms).
+    pub raft_heartbeat_ms: u64,
+    /// Raft election time-out, lower bound (ms); the upper bound is 1.8× this.
+    pub raft_election_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -110,6 +120,10 @@ impl Default for Config {
             retention_check_ms: 60_000,
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
+            peers: BTreeMap::new(),
+            advertise: None,
+            raft_heartbeat_ms: 100,
+            raft_election_timeout_ms: 500,
         }
     }
 }
@@ -150,6 +164,16 @@ impl Config {
             return fail(
                 "group_min_session_timeout_ms exceeds group_max_session_timeout_ms".into(),
             );
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            return fail(format!(
+                "peers must include this node's id {} (peers: {:?})",
+                self.node_id,
+                self.peers.keys().collect::<Vec<_>>()
+            ));
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms {
+            return fail("raft_election_timeout_ms must exceed raft_heartbeat_ms > 0".into());
         }
         if self.retention_check_ms == 0 || self.produce_timeout_ms == 0 {
             return fail("retention_check_ms and produce_timeout_ms must be positive".into());

@@ -116,6 +116,43 @@ pub enum Error {
     /// The group does not exist.
     #[error("unknown group `{0}`")]
     UnknownGroup(String),
+    /// This node does not lead what the request is for (a partition, the controller).
+    #[error("node does not lead {what}{}", leader.map(|l| format!("; node {l} does")).unwrap_or_default())]
+    NotLeader {
+        /// What was asked for, e.g. `orders/3` or `the controller`.
+        what: String,
+        /// The leader, when known.
+        leader: Option<u64>,
+        /// Its client address, when known.
+        address: Option<String>,
+    },
+    /// An idempotent batch does not follow the producer's last one (a gap, or a retry older
+    /// than the partition remembers).
+    #[error(
+        "out-of-order sequence for producer {producer_id} on {topic}/{partition}: expected {expected}, got {got}"
+    )]
+    OutOfOrderSequence {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The producer.
+        producer_id: i64,
+        /// The sequence the partition expects.
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+    /// A batch from an older epoch of a producer.
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current}")]
+    ProducerFenced {
+        /// The producer.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The partition's epoch for it.
+        current: i16,
+    },
     /// An operation did not finish in time; it may still take effect.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -28,6 +28,7 @@
 //! - [`process`]: logging, signals and error reporting shared by the binaries.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 mod error;
 mod fsutil;

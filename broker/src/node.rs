@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::groups::Coordinator;
 use crate::metrics::Metrics;
@@ -17,6 +18,10 @@ pub struct Node {
     pub topics: Arc<Topics>,
     /// Its consumer groups.
     pub groups: Coordinator,
+    /// Its cluster: the controller and the cluster state.
+    pub cluster: Arc<Cluster>,
+    /// The client address it announces to the cluster.
+    pub advertised: String,
     /// Its metrics.
     pub metrics: Metrics,
     /// The gRPC address it listens on.
@@ -32,14 +37,21 @@ impl Node {
         config: Config,
         topics: Arc<Topics>,
         groups: Coordinator,
+        cluster: Arc<Cluster>,
         address: SocketAddr,
         http_address: Option<SocketAddr>,
     ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
+        let advertised = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| address.to_string());
         Node {
             config,
             topics,
             groups,
+            advertised,
+            cluster,
             metrics: Metrics::new(),
             address,
             http_address,

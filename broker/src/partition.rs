@@ -1,27 +1,40 @@
-//! A partition replica: its log, its high watermark, and the append and read paths.
+//! A partition replica: its log (which is its Raft log), its Raft group, its high watermark,
+//! and the append and read paths.
 //!
-//! The high watermark is the offset after the last record consumers may read: durable under
-//! the node's fsync policy (with replication, committed by a majority). It is published on
-//! a `watch` channel so that long-polling fetches wake as soon as it moves. Appends go
-//! through [`Partition::append`]; the replication issue puts Raft behind that call without
-//! changing its callers.
+//! The high watermark is the offset after the last committed record, published by the state
+//! machine as it applies entries; consumers read up to it on every replica. Appends go to the
+//! partition's Raft leader ([`Partition::append`]): each record batch becomes one log entry,
+//! and the produce is answered once the entries are committed by a majority of the replicas
+//! (each after its fsync policy) and applied.
+//!
+//! Idempotent producers: a batch carries (producer id, epoch, first sequence). The leader
+//! checks it against the state machine's applied producer state *and* the batches it has
+//! proposed but not yet seen applied, so a retry racing with its original is answered with the
+//! original's offsets instead of being written twice. A new leader takes idempotent batches only
+//! once it has applied every entry of earlier terms.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardReason};
 use strata_proto::v1;
-use strata_storage::{EntryBody, Fetched, LogConfig, PartitionLog, RecordBatch, RetentionPolicy};
-use tokio::sync::{oneshot, watch};
+use strata_storage::{Fetched, PartitionLog, RecordBatch, RetentionPolicy};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::raft::partition_sm::{SeqCheck, check_against, next_seq};
+use crate::raft::service::PartitionRaft;
+use crate::raft::{Applied, Batch, ClusterState, GroupId, PartitionState};
 
 /// When a produce is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
-    /// Once durable (the default).
+    /// Once committed by a majority of the replicas (the default).
     All,
-    /// Once appended by the leader, before it is durable.
+    /// Accepted for compatibility; under replication it is answered at commit as well.
     Leader,
 }
 
@@ -34,15 +47,27 @@ impl From<v1::Acks> for Acks {
     }
 }
 
+/// An idempotent batch proposed and not yet answered.
+struct Pending {
+    epoch: i16,
+    first_seq: i32,
+    last_seq: i32,
+    result: watch::Sender<Option<std::result::Result<u64, String>>>,
+}
+
 /// A partition of a topic on this node.
 pub struct Partition {
     topic: Arc<str>,
     id: u32,
+    group: GroupId,
+    node_id: u64,
+    replicas: Vec<u64>,
     log: PartitionLog,
+    raft: PartitionRaft,
+    state: Arc<Mutex<PartitionState>>,
     high_watermark: Arc<watch::Sender<u64>>,
-    /// The node that leads it (this one, on a single node) and its Raft term.
-    leader: u64,
-    term: u64,
+    pending: Mutex<HashMap<i64, Vec<Pending>>>,
+    cluster: watch::Receiver<Arc<ClusterState>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -59,13 +84,13 @@ impl std::fmt::Debug for Partition {
 pub struct PartitionStatus {
     /// Partition id.
     pub id: u32,
-    /// Leading node.
+    /// Leading node, when known.
     pub leader: u64,
     /// First offset still in the log.
     pub start_offset: u64,
-    /// Offset after the last readable record.
+    /// Offset after the last committed record.
     pub high_watermark: u64,
-    /// Offset the next record gets.
+    /// Offset after the last record in this replica's log (committed or not).
     pub next_offset: u64,
     /// Bytes of its segments.
     pub bytes: u64,
@@ -73,28 +98,50 @@ pub struct PartitionStatus {
     pub segments: u32,
 }
 
+/// The parts a partition replica is made of (see `topics`, which opens them).
+pub(crate) struct PartitionParts {
+    pub topic: Arc<str>,
+    pub id: u32,
+    pub group: GroupId,
+    pub node_id: u64,
+    pub replicas: Vec<u64>,
+    pub log: PartitionLog,
+    pub raft: PartitionRaft,
+    pub state: Arc<Mutex<PartitionState>>,
+    pub high_watermark: Arc<watch::Sender<u64>>,
+    pub cluster: watch::Receiver<Arc<ClusterState>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn last_seq(base: i32, count: u32) -> i32 {
+    ((i64::from(base) + i64::from(count) - 1) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// What to answer for one batch of an append.
+enum Slot {
+    Known(u64),
+    Wait(watch::Receiver<Option<std::result::Result<u64, String>>>),
+    Propose(usize),
+}
+
 impl Partition {
-    /// Opens (or creates) the partition's log in `dir`.
-    pub(crate) fn open(
-        dir: &Path,
-        topic: Arc<str>,
-        id: u32,
-        config: LogConfig,
-        node_id: u64,
-    ) -> Result<Self> {
-        let log =
-            PartitionLog::open(dir, config).map_err(|e| Error::from_storage(&topic, id, e))?;
-        let state = log.state();
-        let term = state.last_log_id.map_or(1, |l| l.term.max(1));
-        let (high_watermark, _) = watch::channel(state.readable_end_offset);
-        Ok(Partition {
-            topic,
-            id,
-            log,
-            high_watermark: Arc::new(high_watermark),
-            leader: node_id,
-            term,
-        })
+    pub(crate) fn new(parts: PartitionParts) -> Self {
+        Partition {
+            topic: parts.topic,
+            id: parts.id,
+            group: parts.group,
+            node_id: parts.node_id,
+            replicas: parts.replicas,
+            log: parts.log,
+            raft: parts.raft,
+            state: parts.state,
+            high_watermark: parts.high_watermark,
+            pending: Mutex::new(HashMap::new()),
+            cluster: parts.cluster,
+        }
     }
 
     /// The topic.
@@ -107,63 +154,350 @@ impl Partition {
         self.id
     }
 
-    /// The leading node.
-    pub fn leader(&self) -> u64 {
-        self.leader
+    /// Its Raft group.
+    pub fn group(&self) -> GroupId {
+        self.group
     }
 
-    /// Appends validated batches in order; answers with each batch's base offset once `acks`
-    /// is met. With `Acks::All` a batch that is not durable within `timeout` is answered
-    /// with [`Error::Timeout`] (it may still become durable).
+    /// Its replicas; the first is the preferred leader.
+    pub fn replicas(&self) -> &[u64] {
+        &self.replicas
+    }
+
+    /// Its Raft handle.
+    pub fn raft(&self) -> &PartitionRaft {
+        &self.raft
+    }
+
+    /// The leading node as this replica knows it (the preferred leader if none is known).
+    pub fn leader(&self) -> u64 {
+        self.current_leader()
+            .unwrap_or_else(|| self.replicas.first().copied().unwrap_or(self.node_id))
+    }
+
+    /// The leading node, if one is known.
+    pub fn current_leader(&self) -> Option<u64> {
+        // Copied out: a metrics borrow must never be held across an await.
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.node_id)
+    }
+
+    fn not_leader(&self, leader: Option<u64>) -> Error {
+        let leader = leader.filter(|l| *l != self.node_id);
+        let address = leader.and_then(|l| {
+            self.cluster
+                .borrow()
+                .nodes
+                .get(&l)
+                .map(|n| n.address.clone())
+        });
+        Error::NotLeader {
+            what: format!("{}/{}", self.topic, self.id),
+            leader,
+            address,
+        }
+    }
+
+    /// Appends validated batches in order as the partition's leader; answers with each
+    /// batch's base offset once the batches are committed and applied. A batch not committed
+    /// within `timeout` is answered with [`Error::Timeout`] (it may still be committed).
     pub async fn append(
         &self,
         batches: Vec<RecordBatch>,
-        acks: Acks,
+        _acks: Acks,
         timeout: Duration,
     ) -> Result<Vec<u64>> {
-        let counts: Vec<u64> = batches
+        let deadline = Instant::now() + timeout;
+        let leader = self.current_leader();
+        if leader != Some(self.node_id) {
+            return Err(self.not_leader(leader));
+        }
+        let idempotent = batches
             .iter()
-            .map(|b| u64::from(b.record_count()))
-            .collect();
-        let bodies = batches.into_iter().map(EntryBody::Data).collect();
-        let appending = self
-            .log
-            .append_all(self.term, self.leader, bodies)
-            .map_err(|e| self.storage_error(e))?;
-        let mut base_offsets = Vec::with_capacity(counts.len());
-        let mut next = appending.first.base_offset;
-        for count in counts {
-            base_offsets.push(next);
-            next += count;
+            .any(|b| b.producer_id() >= 0 && b.base_sequence() >= 0);
+        if idempotent {
+            self.wait_caught_up(deadline).await?;
         }
-        let end = next;
-        let (done_tx, done_rx) = oneshot::channel();
-        let high_watermark = self.high_watermark.clone();
-        appending.on_durable(move |result| {
-            if result.is_ok() {
-                // Durable entries are readable, in order; the mark only moves forward.
-                high_watermark.send_if_modified(|hw| {
-                    let moved = end > *hw;
-                    *hw = (*hw).max(end);
-                    moved
-                });
+        let (slots, proposals, registered) = self.plan(batches)?;
+        let outcome = if proposals.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.propose(proposals, deadline).await
+        };
+        self.settle(&registered, &outcome);
+        let proposed = outcome?;
+        let mut offsets = Vec::with_capacity(slots.len());
+        for slot in slots {
+            offsets.push(match slot {
+                Slot::Known(offset) => offset,
+                Slot::Propose(i) => proposed[i],
+                Slot::Wait(mut rx) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let waited =
+                        tokio::time::timeout(remaining, rx.wait_for(Option::is_some)).await;
+                    let answer = match waited {
+                        Ok(Ok(answer)) => answer.clone(),
+                        Ok(Err(_)) => None,
+                        Err(_) => {
+                            return Err(Error::Timeout(format!(
+                                "retried batch on {}/{} still in flight",
+                                self.topic, self.id
+                            )));
+                        }
+                    };
+                    match answer {
+                        Some(Ok(offset)) => offset,
+                        Some(Err(e)) => return Err(Error::Unavailable(e)),
+                        None => {
+                            return Err(Error::Unavailable(format!(
+                                "{}/{}: the original of a retried batch was abandoned",
+                                self.topic, self.id
+                            )));
+                        }
+                    }
+                }
+            });
+        }
+        Ok(offsets)
+    }
+
+    /// Waits until this leader has applied every entry of earlier terms, so that its
+    /// producer state is complete.
+    async fn wait_caught_up(&self, deadline: Instant) -> Result<()> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let node_id = self.node_id;
+        let caught_up = self
+            .raft
+            .wait(Some(remaining))
+            .metrics(
+                |m| {
+                    m.current_leader != Some(node_id)
+                        || m.last_applied
+                            .is_some_and(|l| l.leader_id.term == m.current_term)
+                },
+                "leader applied its own term",
+            )
+            .await;
+        match caught_up {
+            Ok(m) if m.current_leader == Some(node_id) => Ok(()),
+            Ok(m) => Err(self.not_leader(m.current_leader)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "{}/{}: the new leader is still catching up",
+                self.topic, self.id
+            ))),
+        }
+    }
+
+    /// Sorts batches into known answers (retries of applied batches), waits (retries of
+    /// batches in flight) and proposals; registers the idempotent proposals as pending.
+    /// Returns the slots, the proposals and, for each registered batch, its key and
+    /// proposal index.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(Vec<Slot>, Vec<RecordBatch>, Vec<(i64, i16, i32, usize)>)> {
+        enum Decision {
+            Plain,
+            New,
+            Known(u64),
+            Wait(watch::Receiver<Option<std::result::Result<u64, String>>>),
+        }
+        let state = lock(&self.state);
+        let mut pending = lock(&self.pending);
+        // Decide everything first, so that a rejected request registers nothing.
+        let mut decisions = Vec::with_capacity(batches.len());
+        let mut newest_in_request: HashMap<i64, (i16, i32)> = HashMap::new();
+        for b in &batches {
+            let (pid, epoch, base) = (b.producer_id(), b.producer_epoch(), b.base_sequence());
+            if pid < 0 || base < 0 {
+                decisions.push(Decision::Plain);
+                continue;
             }
-            let _ = done_tx.send(result);
-        });
-        if acks == Acks::Leader {
-            return Ok(base_offsets);
+            let count = b.record_count();
+            let last = last_seq(base, count);
+            let in_flight = pending.get(&pid);
+            if let Some(p) = in_flight.and_then(|l| {
+                l.iter()
+                    .find(|p| p.epoch == epoch && p.first_seq == base && p.last_seq == last)
+            }) {
+                decisions.push(Decision::Wait(p.result.subscribe()));
+                continue;
+            }
+            let newest = newest_in_request.get(&pid).copied().or_else(|| {
+                in_flight
+                    .and_then(|l| l.last())
+                    .map(|p| (p.epoch, p.last_seq))
+            });
+            let check = match newest {
+                Some((e, _)) if epoch < e => SeqCheck::Fenced { epoch: e },
+                Some((e, s)) if epoch == e && base == next_seq(s) => SeqCheck::New,
+                Some((e, s)) if epoch == e => {
+                    match state
+                        .producers
+                        .get(&pid)
+                        .map(|p| check_against(p, epoch, base, count))
+                    {
+                        Some(d @ SeqCheck::Duplicate { .. }) => d,
+                        _ => SeqCheck::OutOfOrder {
+                            expected: next_seq(s),
+                        },
+                    }
+                }
+                _ => state.check_sequence(pid, epoch, base, count),
+            };
+            decisions.push(match check {
+                SeqCheck::OutOfOrder { expected } => {
+                    return Err(Error::OutOfOrderSequence {
+                        topic: self.topic.to_string(),
+                        partition: self.id,
+                        producer_id: pid,
+                        expected,
+                        got: base,
+                    });
+                }
+                SeqCheck::Fenced { epoch: current } => {
+                    return Err(Error::ProducerFenced {
+                        producer_id: pid,
+                        epoch,
+                        current,
+                    });
+                }
+                SeqCheck::New => {
+                    newest_in_request.insert(pid, (epoch, last));
+                    Decision::New
+                }
+                SeqCheck::Duplicate { base_offset } => Decision::Known(base_offset),
+            });
         }
-        match tokio::time::timeout(timeout, done_rx).await {
-            Ok(Ok(Ok(()))) => Ok(base_offsets),
-            Ok(Ok(Err(e))) => Err(self.storage_error(e)),
-            Ok(Err(_)) => Err(Error::Unavailable(format!(
-                "{}/{} closed before the append was durable",
-                self.topic, self.id
-            ))),
-            Err(_) => Err(Error::Timeout(format!(
-                "append to {}/{} not durable after {timeout:?}",
-                self.topic, self.id
-            ))),
+        let mut slots = Vec::with_capacity(batches.len());
+        let mut proposals = Vec::with_capacity(batches.len());
+        let mut registered = Vec::new();
+        for (b, decision) in batches.into_iter().zip(decisions) {
+            match decision {
+                Decision::Known(offset) => slots.push(Slot::Known(offset)),
+                Decision::Wait(rx) => slots.push(Slot::Wait(rx)),
+                Decision::Plain | Decision::New => {
+                    if matches!(decision, Decision::New) {
+                        let (pid, epoch, base) =
+                            (b.producer_id(), b.producer_epoch(), b.base_sequence());
+                        let (result, _) = watch::channel(None);
+                        pending.entry(pid).or_default().push(Pending {
+                            epoch,
+                            first_seq: base,
+                            last_seq: last_seq(base, b.record_count()),
+                            result,
+                        });
+                        registered.push((pid, epoch, base, proposals.len()));
+                    }
+                    slots.push(Slot::Propose(proposals.len()));
+                    proposals.push(b);
+                }
+            }
+        }
+        Ok((slots, proposals, registered))
+    }
+
+    /// Answers and forgets the pending entries of this append.
+    fn settle(&self, registered: &[(i64, i16, i32, usize)], outcome: &Result<Vec<u64>>) {
+        if registered.is_empty() {
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        for (pid, epoch, base, index) in registered {
+            let Some(list) = pending.get_mut(pid) else {
+                continue;
+            };
+            if let Some(pos) = list
+                .iter()
+                .position(|p| p.epoch == *epoch && p.first_seq == *base)
+            {
+                let p = list.remove(pos);
+                let answer = match outcome {
+                    Ok(offsets) => offsets
+                        .get(*index)
+                        .copied()
+                        .ok_or_else(|| "no offset for the batch".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                p.result.send_replace(Some(answer));
+            }
+            if list.is_empty() {
+                pending.remove(pid);
+            }
+        }
+    }
+
+    /// Proposes batches to Raft and waits for them to be applied; retries while a new
+    /// leader's lease is not established yet.
+    async fn propose(&self, proposals: Vec<RecordBatch>, deadline: Instant) -> Result<Vec<u64>> {
+        loop {
+            let stream = self
+                .raft
+                .client_write_many(proposals.iter().cloned().map(Batch))
+                .await
+                .map_err(|e| Error::Unavailable(format!("{}/{}: {e}", self.topic, self.id)))?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let results: Vec<_> = match tokio::time::timeout(remaining, stream.collect()).await {
+                Ok(results) => results,
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "append to {}/{} not committed in time",
+                        self.topic, self.id
+                    )));
+                }
+            };
+            let mut offsets = Vec::with_capacity(results.len());
+            let mut retry = false;
+            for r in results {
+                match r {
+                    Ok(Ok(resp)) => match resp.response {
+                        Applied::Appended { base_offset } => offsets.push(base_offset),
+                        other => {
+                            return Err(Error::Unavailable(format!(
+                                "{}/{}: unexpected apply result {other:?}",
+                                self.topic, self.id
+                            )));
+                        }
+                    },
+                    Ok(Err(ClientWriteError::ForwardToLeader(f)))
+                        if f.reason == ForwardReason::LeaseExpired && offsets.is_empty() =>
+                    {
+                        retry = true;
+                        break;
+                    }
+                    Ok(Err(ClientWriteError::ForwardToLeader(f)))
+                    | Ok(Err(ClientWriteError::LogEntryDiscarded(f))) => {
+                        return Err(self.not_leader(f.leader_id));
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Error::Unavailable(format!(
+                            "{}/{}: {e}",
+                            self.topic, self.id
+                        )));
+                    }
+                    Err(fatal) => {
+                        return Err(Error::Unavailable(format!(
+                            "{}/{}: {fatal}",
+                            self.topic, self.id
+                        )));
+                    }
+                }
+            }
+            if !retry {
+                return Ok(offsets);
+            }
+            if Instant::now() + Duration::from_millis(20) > deadline {
+                return Err(Error::Timeout(format!(
+                    "{}/{}: the leader has no quorum",
+                    self.topic, self.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -179,7 +513,7 @@ impl Partition {
             })
     }
 
-    /// Offset after the last readable record.
+    /// Offset after the last committed record.
     pub fn high_watermark(&self) -> u64 {
         *self.high_watermark.borrow()
     }
@@ -194,7 +528,7 @@ impl Partition {
         self.log.state().start_offset
     }
 
-    /// The first readable offset whose batch holds a record at or after `timestamp_ms`, or
+    /// The first committed offset whose batch holds a record at or after `timestamp_ms`, or
     /// the high watermark if there is none.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64> {
         let found = self
@@ -213,7 +547,7 @@ impl Partition {
         let segments = self.log.segments().map_err(|e| self.storage_error(e))?;
         Ok(PartitionStatus {
             id: self.id,
-            leader: self.leader,
+            leader: self.leader(),
             start_offset: state.start_offset,
             high_watermark: self.high_watermark(),
             next_offset: state.next_offset,
@@ -230,15 +564,53 @@ impl Partition {
             .unwrap_or(0)
     }
 
-    /// Deletes whole old segments as `policy` says; returns the purge point.
-    pub fn apply_retention(&self, policy: &RetentionPolicy, now_ms: i64) -> Result<Option<u64>> {
-        self.log
-            .apply_retention(policy, now_ms)
-            .map_err(|e| self.storage_error(e))
+    /// Applies retention: finds the purge point, makes sure a snapshot covers it, and asks
+    /// Raft to purge up to it. Returns the purge point.
+    pub async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_ms: i64,
+    ) -> Result<Option<u64>> {
+        let Some(point) = self
+            .log
+            .retention_point(policy, now_ms)
+            .map_err(|e| self.storage_error(e))?
+        else {
+            return Ok(None);
+        };
+        let snapshot = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .map(|s| s.index);
+        if snapshot.is_none_or(|s| s < point) {
+            let _ = self.raft.trigger().snapshot().await;
+            let covered = self
+                .raft
+                .wait(Some(Duration::from_secs(10)))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= point),
+                    "snapshot covers the retention point",
+                )
+                .await;
+            if covered.is_err() {
+                return Ok(None);
+            }
+        }
+        self.raft
+            .trigger()
+            .purge_log(point)
+            .await
+            .map_err(|e| Error::Unavailable(format!("{}/{}: {e}", self.topic, self.id)))?;
+        Ok(Some(point))
     }
 
-    /// Flushes and closes the log; later appends fail.
-    pub fn close(&self) -> Result<()> {
+    /// Stops the Raft group, then flushes and closes the log; later appends fail.
+    pub async fn close(&self) -> Result<()> {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "raft group did not stop cleanly");
+        }
         self.log.close().map_err(|e| self.storage_error(e))
     }
 

@@ -10,11 +10,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use strata_proto::v1;
+
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::groups::Coordinator;
 use crate::node::Node;
+use crate::raft::service::{Groups, RaftService};
+use crate::raft::{RaftEnv, RaftTuning, Router};
 use crate::topics::{Topics, node_log_config};
+
 use crate::{http, service};
 
 /// HTTP/2 flow-control window of one stream (a request or a fetch stream).
@@ -23,6 +29,11 @@ pub const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
 pub const HTTP2_CONNECTION_WINDOW: u32 = 64 << 20;
 /// Largest HTTP/2 frame.
 pub const HTTP2_MAX_FRAME: u32 = (1 << 24) - 1;
+
+/// Segment size of the controller's log (its entries are small commands).
+const CONTROLLER_SEGMENT_BYTES: u64 = 16 << 20;
+/// How often leadership is checked against the preferred replicas.
+const LEADER_BALANCE: Duration = Duration::from_secs(5);
 
 /// How often silent group members are expired.
 const GROUP_SWEEP: Duration = Duration::from_millis(250);
@@ -68,29 +79,80 @@ impl Broker {
         };
         let http_address = http.as_ref().and_then(|l| l.local_addr().ok());
         let data_lock = lock_data_dir(&config.data_dir)?;
+        let advertised = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| address.to_string());
 
-        let opened = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || -> Result<(Arc<Topics>, Coordinator)> {
-                std::fs::create_dir_all(&config.data_dir)
-                    .map_err(|e| Error::io(&config.data_dir, e))?;
-                let topics = Arc::new(Topics::open(
-                    &config.data_dir,
-                    config.node_id,
-                    node_log_config(&config)?,
-                )?);
+        // The cluster: every group shares the peers' connections and the Raft service.
+        let mut peers = config.peers.clone();
+        peers
+            .entry(config.node_id)
+            .or_insert_with(|| advertised.clone());
+        let voters: Vec<u64> = peers.keys().copied().collect();
+        let router = Router::new(
+            peers
+                .iter()
+                .filter(|(id, _)| **id != config.node_id)
+                .map(|(id, a)| (*id, a.clone())),
+        );
+        let tuning = RaftTuning {
+            heartbeat_ms: config.raft_heartbeat_ms,
+            election_min_ms: config.raft_election_timeout_ms,
+            election_max_ms: config.raft_election_timeout_ms * 9 / 5,
+            ..RaftTuning::default()
+        };
+        let raft_config = tuning
+            .config("strata")
+            .map_err(|e| Error::Config(format!("raft settings: {e}")))?;
+        let env = RaftEnv {
+            node_id: config.node_id,
+            router,
+            groups: Groups::default(),
+            config: Arc::new(raft_config),
+        };
+        let log_config = node_log_config(&config)?;
+        let controller_log = strata_storage::LogConfig {
+            segment_bytes: CONTROLLER_SEGMENT_BYTES,
+            max_entry_bytes: CONTROLLER_SEGMENT_BYTES / 4,
+            ..log_config.clone()
+        };
+        let cluster = Arc::new(
+            Cluster::start(
+                env.clone(),
+                &config.data_dir.join("controller"),
+                controller_log,
+                &voters,
+            )
+            .await?,
+        );
+        let topics = Arc::new(Topics::new(
+            &config.data_dir,
+            env.clone(),
+            log_config,
+            cluster.state(),
+        )?);
+        topics.reconcile().await?;
+        let groups = {
+            let (config, topics) = (config.clone(), topics.clone());
+            tokio::task::spawn_blocking(move || {
                 let bounds = (
                     Duration::from_millis(config.group_min_session_timeout_ms),
                     Duration::from_millis(config.group_max_session_timeout_ms),
                 );
-                let groups = Coordinator::open(&config.data_dir, topics.clone(), bounds)?;
-                Ok((topics, groups))
+                Coordinator::open(&config.data_dir, topics, bounds)
             })
             .await
             .map_err(|e| Error::Unavailable(format!("startup task failed: {e}")))??
         };
-        let (topics, groups) = opened;
-        let node = Arc::new(Node::new(config, topics, groups, address, http_address));
+        let node = Arc::new(Node::new(
+            config,
+            topics,
+            groups,
+            cluster.clone(),
+            address,
+            http_address,
+        ));
         let (stop, _) = watch::channel(false);
 
         let mut servers = Vec::new();
@@ -101,7 +163,13 @@ impl Broker {
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .max_frame_size(HTTP2_MAX_FRAME)
             .concurrency_limit_per_connection(node.config.max_in_flight_per_connection)
-            .add_routes(service::routes(&node))
+            .add_routes(
+                service::routes(&node).add_service(
+                    v1::raft_server::RaftServer::new(RaftService::new(env.groups.clone()))
+                        .max_decoding_message_size(usize::MAX)
+                        .max_encoding_message_size(usize::MAX),
+                ),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop.subscribe()));
         servers.push(tokio::spawn(async move {
             if let Err(e) = grpc_server.await {
@@ -123,6 +191,12 @@ impl Broker {
         let background = vec![
             tokio::spawn(sweep_groups(node.clone())),
             tokio::spawn(apply_retention(node.clone())),
+            tokio::spawn(follow_cluster(node.clone())),
+            tokio::spawn({
+                let cluster = cluster.clone();
+                async move { cluster.register(advertised).await }
+            }),
+            tokio::spawn(balance_leaders(node.clone())),
         ];
         tracing::info!(node_id = node.config.node_id, %address, http = ?http_address, data_dir = %node.config.data_dir.display(), "node started");
         Ok(Broker {
@@ -161,10 +235,8 @@ impl Broker {
         for task in self.background.drain(..) {
             task.abort();
         }
-        let topics = self.node.topics.clone();
-        tokio::task::spawn_blocking(move || topics.close_all())
-            .await
-            .map_err(|e| Error::Unavailable(format!("shutdown task failed: {e}")))??;
+        self.node.topics.close_all().await?;
+        self.node.cluster.shutdown().await?;
         drop(self.data_lock.take());
         tracing::info!(node_id = self.node.config.node_id, "stopped");
         Ok(())
@@ -217,26 +289,76 @@ async fn apply_retention(node: Arc<Node>) {
     tick.tick().await; // not at startup
     loop {
         tick.tick().await;
-        let topics = node.topics.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            for topic in topics.all() {
-                let policy = topic.config.retention();
-                if policy.max_age.is_none() && policy.max_bytes.is_none() {
-                    continue;
-                }
-                for p in &topic.partitions {
-                    match p.apply_retention(&policy, now) {
-                        Ok(Some(index)) => tracing::info!(topic = %topic.name, partition = p.id(), index, "retention purged old segments"),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(topic = %topic.name, partition = p.id(), error = %e, "retention failed"),
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for topic in node.topics.all() {
+            let policy = topic.config.retention();
+            if policy.max_age.is_none() && policy.max_bytes.is_none() {
+                continue;
+            }
+            for p in &topic.partitions {
+                match p.apply_retention(&policy, now).await {
+                    Ok(Some(index)) => {
+                        tracing::info!(topic = %topic.name, partition = p.id(), index, "retention purged old segments")
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, partition = p.id(), error = %e, "retention failed")
                     }
                 }
             }
-        })
-        .await;
-        if done.is_err() {
+        }
+    }
+}
+
+/// Opens and closes partition replicas as the controller creates and deletes topics.
+async fn follow_cluster(node: Arc<Node>) {
+    let mut state = node.cluster.state();
+    loop {
+        if state.changed().await.is_err() {
             return;
+        }
+        if let Err(e) = node.topics.reconcile().await {
+            tracing::error!(error = %e, "following the cluster state failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            state.mark_changed();
+        }
+    }
+}
+
+/// Hands leadership of each partition this node leads back to its preferred leader (the
+/// first replica) once that replica has caught up, so that leaders stay spread evenly.
+async fn balance_leaders(node: Arc<Node>) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut tick = tokio::time::interval(LEADER_BALANCE);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let me = node.config.node_id;
+        for topic in node.topics.all() {
+            for p in &topic.partitions {
+                let Some(&preferred) = p.replicas().first() else {
+                    continue;
+                };
+                if preferred == me || !p.is_leader() {
+                    continue;
+                }
+                let caught_up = {
+                    let m = p.raft().metrics();
+                    let m = m.borrow_watched();
+                    let last = m.last_log_index;
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&preferred).cloned())
+                        .flatten()
+                        .is_some_and(|matched| Some(matched.index) == last)
+                };
+                if caught_up {
+                    tracing::info!(topic = %topic.name, partition = p.id(), to = preferred, "moving leadership to the preferred replica");
+                    let _ = p.raft().trigger().transfer_leader(preferred).await;
+                }
+            }
         }
     }
 }

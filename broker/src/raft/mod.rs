@@ -11,6 +11,7 @@
 //! - `network`: the client side of node-to-node traffic (one gRPC channel per peer, shared by
 //!   all groups); `service`: the server side, dispatching by group id.
 
+pub mod controller;
 pub mod network;
 pub mod partition_sm;
 pub mod service;
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
+pub use controller::{ClusterState, Command, CommandResult, ControllerSm};
 pub use network::Router;
 pub use partition_sm::{PartitionSm, PartitionState, ProducerState};
 pub use store::LogStore;
@@ -181,4 +183,18 @@ impl RaftTuning {
         }
         .validate()
     }
+}
+
+/// What every group of a node shares: its id, the peers' router, the registry the Raft
+/// service dispatches to, and the openraft configuration.
+#[derive(Debug, Clone)]
+pub struct RaftEnv {
+    /// This node.
+    pub node_id: u64,
+    /// Connections to the peers.
+    pub router: Router,
+    /// The groups this node runs.
+    pub groups: service::Groups,
+    /// openraft settings of every group.
+    pub config: std::sync::Arc<openraft::Config>,
 }

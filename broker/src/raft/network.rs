@@ -126,6 +126,32 @@ impl Router {
             .ok_or_else(|| unreachable(format!("no address for node {target}")))
     }
 
+    /// Forwards a controller command to `target`, which should lead the controller.
+    pub async fn propose(
+        &self,
+        target: u64,
+        command: &super::Command,
+    ) -> Result<super::CommandResult, crate::cluster::ProposeError> {
+        use crate::cluster::ProposeError;
+        let unavailable = |e: String| ProposeError::Unavailable(format!("node {target}: {e}"));
+        let mut client = self
+            .client(target)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let body = serde_json::to_vec(command).map_err(|e| unavailable(e.to_string()))?;
+        let request = v1::RaftMessage {
+            group_id: super::CONTROLLER_GROUP,
+            body: body.into(),
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(10), client.propose(request))
+            .await
+            .map_err(|_| unavailable("no answer".into()))?
+            .map_err(|s| unavailable(s.message().to_string()))?;
+        serde_json::from_slice::<Result<super::CommandResult, ProposeError>>(
+            &reply.into_inner().body,
+        )
+        .map_err(|e| unavailable(format!("undecodable reply: {e}")))?
+    }
+
     /// A network factory for one group.
     pub fn factory(&self, group: GroupId) -> GroupNetworkFactory<Router, GroupId> {
         GroupNetworkFactory::new(self.clone(), group)

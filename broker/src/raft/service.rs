@@ -13,16 +13,20 @@ use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
 use super::wire::{SnapshotMessage, decode_append};
-use super::{GroupId, PartitionSm, Snapshot, TypeConfig};
+use super::{ControllerSm, GroupId, PartitionSm, Snapshot, TypeConfig};
 
 /// A partition group's Raft handle.
 pub type PartitionRaft = openraft::Raft<TypeConfig, PartitionSm>;
+/// The controller group's Raft handle.
+pub type ControllerRaft = openraft::Raft<TypeConfig, ControllerSm>;
 
 /// A Raft group this node runs.
 #[derive(Clone)]
 pub enum GroupRaft {
     /// A partition.
     Partition(PartitionRaft),
+    /// The controller.
+    Controller(ControllerRaft),
 }
 
 /// Runs `$body` with `$r` bound to the group's `openraft::Raft`, whatever its state machine.
@@ -30,6 +34,7 @@ macro_rules! with_raft {
     ($group:expr, $r:ident => $body:expr) => {
         match $group {
             GroupRaft::Partition($r) => $body,
+            GroupRaft::Controller($r) => $body,
         }
     };
 }
@@ -162,6 +167,19 @@ impl v1::raft_server::Raft for RaftService {
         let resp = with_raft!(raft, r => r.install_full_snapshot(vote, snapshot).await)
             .map_err(stopped)?;
         reply(&resp)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let msg = request.into_inner();
+        let command: super::Command = decode(&msg)?;
+        let Some(GroupRaft::Controller(raft)) = self.groups.get(super::CONTROLLER_GROUP) else {
+            return Err(Status::unavailable("the controller is not running here"));
+        };
+        let result = crate::cluster::propose_local(&raft, &command).await;
+        reply(&result)
     }
 
     async fn transfer_leader(

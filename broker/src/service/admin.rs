@@ -1,14 +1,31 @@
 //! `Admin` (create, delete, list, describe topics) and `Metadata` (nodes, topics, leaders).
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::error::Error;
-use crate::topics::{Topic, TopicConfig};
+use crate::names;
+use crate::raft::{Command, CommandResult};
+use crate::topics::{MAX_PARTITIONS, Topic, TopicConfig};
+
+/// Waits (bounded) until every local replica of `topic` knows its leader.
+async fn wait_for_leaders(topic: &Topic, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for p in &topic.partitions {
+        let mut metrics = p.raft().metrics();
+        let _ = tokio::time::timeout_at(
+            deadline,
+            openraft::async_runtime::WatchReceiver::wait_until(
+                &mut metrics,
+                |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| m.current_leader.is_some(),
+            ),
+        )
+        .await;
+    }
+}
 
 impl Api {
     fn topic_metadata(&self, topic: &Topic) -> v1::TopicMetadata {
@@ -16,28 +33,32 @@ impl Api {
             name: topic.name.clone(),
             config: Some(topic.config.to_proto()),
             partitions: topic
-                .partitions
+                .replicas
                 .iter()
-                .map(|p| v1::PartitionMetadata {
-                    partition: p.id(),
-                    leader: p.leader(),
-                    replicas: vec![p.leader()],
+                .enumerate()
+                .map(|(p, replicas)| {
+                    let p = p as u32;
+                    // This node's replica knows the current leader; for a partition it does
+                    // not hold, the preferred leader is the hint.
+                    let leader = topic
+                        .partitions
+                        .iter()
+                        .find(|r| r.id() == p)
+                        .map_or_else(|| replicas.first().copied().unwrap_or(0), |r| r.leader());
+                    v1::PartitionMetadata {
+                        partition: p,
+                        leader,
+                        replicas: replicas.clone(),
+                    }
                 })
                 .collect(),
         }
     }
-
-    /// Runs blocking topic work (it creates or removes files) off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(Arc<crate::topics::Topics>) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        let topics = self.node.topics.clone();
-        tokio::task::spawn_blocking(move || work(topics))
-            .await
-            .map_err(|e| Error::Unavailable(format!("topic task failed: {e}")))?
-    }
 }
+
+/// How long a topic creation or deletion waits for the controller and for this node to
+/// follow it.
+const TOPIC_CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[tonic::async_trait]
 impl v1::admin_server::Admin for Api {
@@ -51,9 +72,47 @@ impl v1::admin_server::Admin for Api {
             self.check_serving()?;
             let config = TopicConfig::from_proto(&request.config.unwrap_or_default());
             let name = request.name;
-            let topic = self
-                .blocking(move |topics| topics.create(&name, config))
-                .await?;
+            names::validate(&name)?;
+            if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
+                return Err(Error::InvalidArgument(format!(
+                    "partitions must be between 1 and {MAX_PARTITIONS}"
+                )));
+            }
+            let command = Command::CreateTopic {
+                name: name.clone(),
+                config,
+            };
+            let id = match self
+                .node
+                .cluster
+                .propose(command, TOPIC_CHANGE_TIMEOUT)
+                .await?
+            {
+                CommandResult::TopicCreated { id } => id,
+                CommandResult::TopicExists => return Err(Error::TopicExists(name)),
+                CommandResult::Invalid { message } => return Err(Error::InvalidArgument(message)),
+                other => {
+                    return Err(Error::Unavailable(format!(
+                        "unexpected controller answer {other:?}"
+                    )));
+                }
+            };
+            // Answer once this node follows the creation and every partition it holds has
+            // a leader, so that a produce right after succeeds.
+            let topics = &self.node.topics;
+            let ready = topics
+                .wait_until(TOPIC_CHANGE_TIMEOUT, |t| {
+                    t.get(&name).is_ok_and(|t| {
+                        t.id == id && t.partitions.iter().all(|p| p.current_leader().is_some())
+                    })
+                })
+                .await;
+            if !ready {
+                // Leaders are elected in the background; the leader poll below covers it.
+                tracing::debug!(topic = %name, "topic created; some partitions have no leader yet");
+            }
+            let topic = topics.get(&name)?;
+            wait_for_leaders(&topic, TOPIC_CHANGE_TIMEOUT).await;
             Ok(v1::CreateTopicResponse {
                 topic: Some(self.topic_metadata(&topic)),
             })
@@ -71,7 +130,25 @@ impl v1::admin_server::Admin for Api {
         let name = request.into_inner().name;
         let result = async {
             self.check_serving()?;
-            self.blocking(move |topics| topics.delete(&name)).await?;
+            let command = Command::DeleteTopic { name: name.clone() };
+            match self
+                .node
+                .cluster
+                .propose(command, TOPIC_CHANGE_TIMEOUT)
+                .await?
+            {
+                CommandResult::Ok => {}
+                CommandResult::UnknownTopic => return Err(Error::UnknownTopic(name)),
+                other => {
+                    return Err(Error::Unavailable(format!(
+                        "unexpected controller answer {other:?}"
+                    )));
+                }
+            }
+            self.node
+                .topics
+                .wait_until(TOPIC_CHANGE_TIMEOUT, |t| t.get(&name).is_err())
+                .await;
             Ok(v1::DeleteTopicResponse {})
         }
         .await;
@@ -160,19 +237,40 @@ impl v1::metadata_server::Metadata for Api {
                     .map(|t| self.node.topics.get(t))
                     .collect::<Result<Vec<_>, Error>>()?
             };
-            let node = v1::NodeInfo {
-                id: self.node.config.node_id,
-                address: self.node.address.to_string(),
-                http_address: self
-                    .node
-                    .http_address
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-            };
+            let mut nodes: Vec<v1::NodeInfo> = self
+                .node
+                .cluster
+                .nodes()
+                .into_iter()
+                .map(|(id, address)| v1::NodeInfo {
+                    id,
+                    address,
+                    http_address: String::new(),
+                })
+                .collect();
+            let me = self.node.config.node_id;
+            match nodes.iter_mut().find(|n| n.id == me) {
+                Some(n) => {
+                    n.http_address = self
+                        .node
+                        .http_address
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                }
+                None => nodes.push(v1::NodeInfo {
+                    id: me,
+                    address: self.node.advertised.clone(),
+                    http_address: self
+                        .node
+                        .http_address
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                }),
+            }
             Ok(v1::MetadataResponse {
-                nodes: vec![node],
+                nodes,
                 topics: topics.iter().map(|t| self.topic_metadata(t)).collect(),
-                controller_id: self.node.config.node_id,
+                controller_id: self.node.cluster.controller_leader().unwrap_or(0),
             })
         })();
         self.finish("metadata", started, result).map(Response::new)

@@ -25,17 +25,26 @@ pub fn code(e: &Error) -> ErrorCode {
         Error::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
         Error::UnknownGroup(_) => ErrorCode::UnknownGroup,
         Error::Timeout(_) => ErrorCode::Timeout,
+        Error::NotLeader { .. } => ErrorCode::NotLeader,
+        Error::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+        Error::ProducerFenced { .. } => ErrorCode::ProducerFenced,
         Error::Unavailable(_) | Error::Bind { .. } => ErrorCode::Unavailable,
     }
 }
 
 /// The per-partition form of an error.
 pub fn detail(e: &Error) -> ErrorDetail {
+    let (leader_hint, leader_address) = match e {
+        Error::NotLeader {
+            leader, address, ..
+        } => (*leader, address.clone().unwrap_or_default()),
+        _ => (None, String::new()),
+    };
     ErrorDetail {
         code: code(e) as i32,
         message: e.to_string(),
-        leader_hint: None,
-        leader_address: String::new(),
+        leader_hint,
+        leader_address,
     }
 }
 
@@ -53,7 +62,9 @@ pub fn status(e: &Error) -> Status {
         ErrorCode::NotLeader
         | ErrorCode::UnknownMember
         | ErrorCode::IllegalGeneration
-        | ErrorCode::RebalanceInProgress => Code::FailedPrecondition,
+        | ErrorCode::RebalanceInProgress
+        | ErrorCode::OutOfOrderSequence
+        | ErrorCode::ProducerFenced => Code::FailedPrecondition,
         ErrorCode::StorageError => Code::Internal,
         ErrorCode::Timeout => Code::DeadlineExceeded,
         ErrorCode::Unavailable | ErrorCode::Unspecified => Code::Unavailable,

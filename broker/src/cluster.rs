@@ -1,0 +1,226 @@
+//! The node's view of its cluster: the controller group (every node is a voter), the
+//! cluster state it publishes, and proposing controller commands from any node (a node that
+//! does not lead the controller forwards the command to the one that does).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardReason, RaftError};
+use serde::{Deserialize, Serialize};
+use strata_storage::{LogConfig, PartitionLog};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::raft::service::{ControllerRaft, GroupRaft};
+use crate::raft::store::SnapshotHint;
+use crate::raft::{
+    Applied, Batch, CONTROLLER_GROUP, ClusterState, Command, CommandResult, ControllerSm, LogStore,
+    RaftEnv,
+};
+use crate::topics::start_group;
+
+/// Why a controller command was not applied here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposeError {
+    /// This node does not lead the controller (the leader, when known).
+    NotLeader(Option<u64>),
+    /// The controller cannot take commands now.
+    Unavailable(String),
+}
+
+/// Proposes `command` to the local controller replica, which must lead.
+pub async fn propose_local(
+    raft: &ControllerRaft,
+    command: &Command,
+) -> std::result::Result<CommandResult, ProposeError> {
+    let batch = command
+        .to_batch()
+        .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+    match raft.client_write(Batch(batch)).await {
+        Ok(resp) => match resp.data {
+            Applied::Controller(json) => serde_json::from_str(&json)
+                .map_err(|e| ProposeError::Unavailable(format!("undecodable result: {e}"))),
+            other => Err(ProposeError::Unavailable(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+            if f.reason == ForwardReason::LeaseExpired =>
+        {
+            Err(ProposeError::NotLeader(None))
+        }
+        Err(RaftError::APIError(
+            ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f),
+        )) => Err(ProposeError::NotLeader(f.leader_id)),
+        Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+    }
+}
+
+/// The cluster as this node takes part in it.
+pub struct Cluster {
+    env: RaftEnv,
+    controller: ControllerRaft,
+    state: watch::Receiver<Arc<ClusterState>>,
+    log: PartitionLog,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.env.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Opens the controller's log in `dir`, starts the controller group over `voters` and
+    /// registers it for the Raft service.
+    pub async fn start(
+        env: RaftEnv,
+        dir: &std::path::Path,
+        log_config: LogConfig,
+        voters: &[u64],
+    ) -> Result<Cluster> {
+        let io = |e: std::io::Error| Error::io(dir, e);
+        let log = {
+            let dir = dir.to_owned();
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            tokio::task::spawn_blocking(move || PartitionLog::open(&dir, log_config))
+                .await
+                .map_err(|e| Error::Unavailable(format!("open task failed: {e}")))?
+                .map_err(|e| Error::from_storage("controller", 0, e))?
+        };
+        let hint = SnapshotHint::default();
+        let (published, state) = watch::channel(Arc::new(ClusterState::default()));
+        let sm = ControllerSm::open(dir, hint.clone(), published).map_err(io)?;
+        let store = LogStore::open(log.clone(), hint).map_err(io)?;
+        let controller = openraft::Raft::new(
+            env.node_id,
+            env.config.clone(),
+            env.router.factory(CONTROLLER_GROUP),
+            store,
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("controller did not start: {e}")))?;
+        env.groups
+            .insert(CONTROLLER_GROUP, GroupRaft::Controller(controller.clone()));
+        // Every node proposes the same membership; openraft accepts identical ones.
+        let mut voters = voters.to_vec();
+        voters.sort_unstable();
+        let preferred = voters.iter().copied().min().unwrap_or(env.node_id);
+        let mut ordered = vec![preferred];
+        ordered.extend(voters.iter().copied().filter(|v| *v != preferred));
+        start_group(&controller, env.node_id, &ordered).await;
+        Ok(Cluster {
+            env,
+            controller,
+            state,
+            log,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.env.node_id
+    }
+
+    /// The shared Raft environment.
+    pub fn env(&self) -> &RaftEnv {
+        &self.env
+    }
+
+    /// Follows the cluster state.
+    pub fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.clone()
+    }
+
+    /// The cluster state now.
+    pub fn current(&self) -> Arc<ClusterState> {
+        self.state.borrow().clone()
+    }
+
+    /// The controller's Raft handle.
+    pub fn controller(&self) -> &ControllerRaft {
+        &self.controller
+    }
+
+    /// The node leading the controller, if known.
+    pub fn controller_leader(&self) -> Option<u64> {
+        self.controller.metrics().borrow_watched().current_leader
+    }
+
+    /// A node's client address, if it registered one.
+    pub fn address_of(&self, node: u64) -> Option<String> {
+        self.state
+            .borrow()
+            .nodes
+            .get(&node)
+            .map(|n| n.address.clone())
+    }
+
+    /// Applies `command` through the controller, from whichever node leads it; retries
+    /// while there is no leader, up to `timeout`.
+    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandResult> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::from("no controller leader");
+        loop {
+            let attempt = match propose_local(&self.controller, &command).await {
+                Err(ProposeError::NotLeader(Some(leader))) if leader != self.env.node_id => {
+                    self.env.router.propose(leader, &command).await
+                }
+                other => other,
+            };
+            match attempt {
+                Ok(result) => return Ok(result),
+                Err(ProposeError::NotLeader(_)) => {}
+                Err(ProposeError::Unavailable(e)) => last_error = e,
+            }
+            if Instant::now() + Duration::from_millis(50) > deadline {
+                return Err(Error::Unavailable(format!(
+                    "the controller did not take the command: {last_error}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Announces this node's client address until the controller has it.
+    pub async fn register(&self, address: String) {
+        loop {
+            if self.address_of(self.env.node_id).as_deref() == Some(&address) {
+                return;
+            }
+            let command = Command::RegisterNode {
+                id: self.env.node_id,
+                address: address.clone(),
+            };
+            if let Err(e) = self.propose(command, Duration::from_secs(5)).await {
+                tracing::debug!(error = %e, "registering with the controller; retrying");
+            }
+        }
+    }
+
+    /// Stops the controller group and closes its log.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.env.groups.remove(CONTROLLER_GROUP);
+        if let Err(e) = self.controller.shutdown().await {
+            tracing::warn!(error = %e, "controller did not stop cleanly");
+        }
+        self.log
+            .close()
+            .map_err(|e| Error::from_storage("controller", 0, e))
+    }
+
+    /// Addresses of every registered node.
+    pub fn nodes(&self) -> BTreeMap<u64, String> {
+        self.state
+            .borrow()
+            .nodes
+            .iter()
+            .map(|(id, n)| (*id, n.address.clone()))
+            .collect()
+    }
+}

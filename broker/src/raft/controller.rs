@@ -1,0 +1,455 @@
+//! The controller: a Raft group over every node of the cluster that holds its metadata —
+//! nodes and their client addresses, topics with their ids, settings and replica
+//! assignments, producer-id allocation and consumer-group offsets.
+//!
+//! Commands are JSON carried as the value of a one-record batch, so the controller's log is
+//! an ordinary storage log. Applying them is deterministic: replica assignment is computed
+//! from the state alone (round robin over the voters, starting at a different node for every
+//! partition, so preferred leaders spread evenly), and a command that breaks a rule is
+//! rejected the same way on every node.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use serde::{Deserialize, Serialize};
+use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
+use tokio::sync::watch;
+
+use super::partition_sm::{SnapshotFile, StateSnapshotBuilder};
+use super::store::SnapshotHint;
+use super::{Applied, Batch, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::topics::{MAX_PARTITIONS, TopicConfig};
+
+/// A node of the cluster as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its client (gRPC) address.
+    pub address: String,
+}
+
+/// A topic in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    /// Its id (never reused; names a partition's Raft group and directory).
+    pub id: u32,
+    /// Its settings (replication factor resolved).
+    pub config: TopicConfig,
+    /// Replicas of each partition; the first is the preferred leader.
+    pub replicas: Vec<Vec<u64>>,
+}
+
+/// The cluster's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The last entry applied.
+    pub last_applied: Option<RaftLogId>,
+    /// The controller's membership.
+    pub membership: StoredMembership,
+    /// Offset after the controller log's last record.
+    pub next_offset: u64,
+    /// Nodes that registered, by id.
+    pub nodes: BTreeMap<u64, NodeInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMeta>,
+    /// The id the next topic gets.
+    pub next_topic_id: u32,
+    /// The id the next idempotent producer gets.
+    pub next_producer_id: i64,
+    /// Committed consumer-group offsets: group → topic → partition → offset.
+    pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+}
+
+impl ClusterState {
+    /// The voters of the controller: every node of the cluster.
+    pub fn voters(&self) -> Vec<u64> {
+        self.membership.membership().voter_ids().collect()
+    }
+}
+
+/// A change to the cluster's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// A node announces its client address.
+    RegisterNode {
+        /// The node.
+        id: u64,
+        /// Its client address.
+        address: String,
+    },
+    /// Creates a topic; replicas are assigned on apply.
+    CreateTopic {
+        /// Its name (validated by the proposer).
+        name: String,
+        /// Its settings; a replication factor of 0 means min(3, nodes).
+        config: TopicConfig,
+    },
+    /// Deletes a topic.
+    DeleteTopic {
+        /// Its name.
+        name: String,
+    },
+    /// Allocates an idempotent producer id.
+    AllocateProducerId,
+    /// Stores a consumer group's offsets.
+    CommitOffsets {
+        /// The group.
+        group: String,
+        /// (topic, partition, offset) triples.
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// Forgets a consumer group's offsets.
+    DeleteGroupOffsets {
+        /// The group.
+        group: String,
+    },
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandResult {
+    /// Done.
+    Ok,
+    /// The topic was created with this id.
+    TopicCreated {
+        /// Its id.
+        id: u32,
+    },
+    /// An allocated producer id.
+    ProducerId {
+        /// The id.
+        id: i64,
+    },
+    /// A topic of that name exists.
+    TopicExists,
+    /// No topic of that name.
+    UnknownTopic,
+    /// The command breaks a rule.
+    Invalid {
+        /// Which.
+        message: String,
+    },
+}
+
+impl Command {
+    /// The command as a one-record batch.
+    pub fn to_batch(&self) -> io::Result<RecordBatch> {
+        let json = serde_json::to_vec(self).map_err(io::Error::other)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut b = BatchBuilder::with_capacity(json.len() + 128);
+        b.push(NewRecord::value(now, &json))
+            .map_err(io::Error::other)?;
+        b.finish().map_err(io::Error::other)
+    }
+
+    fn from_batch(batch: &RecordBatch) -> Result<Command, String> {
+        let record = batch.records().next().ok_or("empty command batch")?;
+        serde_json::from_slice(record.value.unwrap_or_default()).map_err(|e| e.to_string())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> CommandResult {
+    CommandResult::Invalid {
+        message: message.into(),
+    }
+}
+
+impl ClusterState {
+    /// Applies a command (deterministically: every node gets the same state and answer).
+    pub fn apply(&mut self, command: Command) -> CommandResult {
+        match command {
+            Command::RegisterNode { id, address } => {
+                self.nodes.insert(id, NodeInfo { address });
+                CommandResult::Ok
+            }
+            Command::CreateTopic { name, mut config } => {
+                if self.topics.contains_key(&name) {
+                    return CommandResult::TopicExists;
+                }
+                let voters = self.voters();
+                let nodes = voters.len() as u32;
+                if nodes == 0 {
+                    return invalid("the cluster has no nodes");
+                }
+                if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
+                    return invalid(format!("partitions must be between 1 and {MAX_PARTITIONS}"));
+                }
+                if config.replication_factor == 0 {
+                    config.replication_factor = nodes.min(3);
+                }
+                if config.replication_factor > nodes {
+                    return invalid(format!(
+                        "replication factor {} exceeds the cluster's {nodes} node(s)",
+                        config.replication_factor
+                    ));
+                }
+                self.next_topic_id = self.next_topic_id.max(1);
+                let id = self.next_topic_id;
+                self.next_topic_id += 1;
+                let replicas = (0..config.partitions)
+                    .map(|p| {
+                        let start = (id as usize + p as usize) % voters.len();
+                        (0..config.replication_factor as usize)
+                            .map(|k| voters[(start + k) % voters.len()])
+                            .collect()
+                    })
+                    .collect();
+                self.topics.insert(
+                    name,
+                    TopicMeta {
+                        id,
+                        config,
+                        replicas,
+                    },
+                );
+                CommandResult::TopicCreated { id }
+            }
+            Command::DeleteTopic { name } => {
+                if self.topics.remove(&name).is_none() {
+                    return CommandResult::UnknownTopic;
+                }
+                for topics in self.offsets.values_mut() {
+                    topics.remove(&name);
+                }
+                CommandResult::Ok
+            }
+            Command::AllocateProducerId => {
+                self.next_producer_id = self.next_producer_id.max(1);
+                let id = self.next_producer_id;
+                self.next_producer_id += 1;
+                CommandResult::ProducerId { id }
+            }
+            Command::CommitOffsets { group, offsets } => {
+                let g = self.offsets.entry(group).or_default();
+                for (topic, partition, offset) in offsets {
+                    g.entry(topic).or_default().insert(partition, offset);
+                }
+                CommandResult::Ok
+            }
+            Command::DeleteGroupOffsets { group } => {
+                self.offsets.remove(&group);
+                CommandResult::Ok
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The controller's state machine; it publishes every applied state on a watch channel
+/// (topics appear and disappear on each node by following it).
+pub struct ControllerSm {
+    state: Mutex<ClusterState>,
+    published: watch::Sender<Arc<ClusterState>>,
+    snapshot: Arc<tokio::sync::Mutex<SnapshotFile>>,
+    hint: SnapshotHint,
+}
+
+impl std::fmt::Debug for ControllerSm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerSm").finish_non_exhaustive()
+    }
+}
+
+impl ControllerSm {
+    /// The controller state machine of the group whose files are in `dir`.
+    pub fn open(
+        dir: &Path,
+        hint: SnapshotHint,
+        published: watch::Sender<Arc<ClusterState>>,
+    ) -> io::Result<ControllerSm> {
+        Ok(ControllerSm {
+            state: Mutex::new(ClusterState::default()),
+            published,
+            snapshot: Arc::new(tokio::sync::Mutex::new(SnapshotFile::open(dir)?)),
+            hint,
+        })
+    }
+
+    fn publish(&self) {
+        let state = Arc::new(lock(&self.state).clone());
+        self.published.send_replace(state);
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ControllerSm {
+    type SnapshotData = Bytes;
+    type SnapshotBuilder = StateSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<RaftLogId>, StoredMembership)> {
+        let s = lock(&self.state);
+        Ok((s.last_applied, s.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let applied = {
+                let mut s = lock(&self.state);
+                s.last_applied = Some(entry.log_id);
+                match &entry.payload {
+                    EntryPayload::Blank => Applied::None,
+                    EntryPayload::Membership(m) => {
+                        s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        Applied::None
+                    }
+                    EntryPayload::Normal(Batch(batch)) => {
+                        s.next_offset = batch.base_offset() + u64::from(batch.record_count());
+                        let result = match Command::from_batch(batch) {
+                            Ok(command) => s.apply(command),
+                            Err(e) => invalid(format!("undecodable command: {e}")),
+                        };
+                        Applied::Controller(serde_json::to_string(&result).unwrap_or_default())
+                    }
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(applied);
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateSnapshotBuilder {
+        let state = lock(&self.state).clone();
+        StateSnapshotBuilder {
+            meta: SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership.clone(),
+            },
+            data: Bytes::from(serde_json::to_vec(&state).unwrap_or_default()),
+            next_offset: state.next_offset,
+            file: self.snapshot.clone(),
+            hint: self.hint.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Bytes) -> io::Result<()> {
+        let mut state: ClusterState = serde_json::from_slice(&data).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("controller snapshot undecodable: {e}"),
+            )
+        })?;
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        if let Some(last) = meta.last_log_id {
+            self.hint.set(last.index, state.next_offset);
+        }
+        self.snapshot
+            .lock()
+            .await
+            .save(Snapshot {
+                meta: meta.clone(),
+                snapshot: data,
+            })
+            .await?;
+        *lock(&self.state) = state;
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        Ok(self.snapshot.lock().await.current())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn state_with(voters: &[u64]) -> ClusterState {
+        let membership = super::super::Membership::new_with_defaults(
+            vec![voters.iter().copied().collect::<BTreeSet<_>>()],
+            BTreeSet::new(),
+        );
+        ClusterState {
+            membership: StoredMembership::new(None, membership),
+            ..Default::default()
+        }
+    }
+
+    fn topic(partitions: u32, rf: u32) -> TopicConfig {
+        TopicConfig {
+            partitions,
+            replication_factor: rf,
+            retention_ms: None,
+            retention_bytes: None,
+        }
+    }
+
+    #[test]
+    fn assignments_spread_preferred_leaders_and_rules_hold() {
+        let mut s = state_with(&[1, 2, 3]);
+        let r = s.apply(Command::CreateTopic {
+            name: "t".into(),
+            config: topic(6, 0),
+        });
+        assert_eq!(r, CommandResult::TopicCreated { id: 1 });
+        let t = &s.topics["t"];
+        assert_eq!(t.config.replication_factor, 3);
+        let mut leaders = BTreeMap::<u64, u32>::new();
+        for replicas in &t.replicas {
+            let distinct: BTreeSet<_> = replicas.iter().collect();
+            assert_eq!(distinct.len(), 3);
+            *leaders.entry(replicas[0]).or_default() += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(
+            s.apply(Command::CreateTopic {
+                name: "t".into(),
+                config: topic(1, 1)
+            }),
+            CommandResult::TopicExists
+        );
+        assert!(matches!(
+            s.apply(Command::CreateTopic {
+                name: "u".into(),
+                config: topic(1, 4)
+            }),
+            CommandResult::Invalid { .. }
+        ));
+        assert_eq!(
+            s.apply(Command::AllocateProducerId),
+            CommandResult::ProducerId { id: 1 }
+        );
+        assert_eq!(
+            s.apply(Command::AllocateProducerId),
+            CommandResult::ProducerId { id: 2 }
+        );
+        assert_eq!(
+            s.apply(Command::DeleteTopic { name: "t".into() }),
+            CommandResult::Ok
+        );
+        assert_eq!(
+            s.apply(Command::DeleteTopic { name: "t".into() }),
+            CommandResult::UnknownTopic
+        );
+    }
+
+    #[test]
+    fn commands_round_trip_through_a_batch() {
+        let c = Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![("t".into(), 3, 42)],
+        };
+        let batch = c.to_batch().unwrap();
+        assert_eq!(Command::from_batch(&batch).unwrap(), c);
+    }
+}
