@@ -63,6 +63,63 @@ impl std::fmt::Display for Fsync {
     }
 }
 
+/// The nodes of a cluster: node id → gRPC address, written `1=host:port,2=host:port,...`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Peers(pub BTreeMap<u64, String>);
+
+impl std::ops::Deref for Peers {
+    type Target = BTreeMap<u64, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl FromStr for Peers {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut peers = BTreeMap::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, address) = part
+                .split_once('=')
+                .ok_or_else(|| format!("peer `{part}` is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("peer `{part}`: `{id}` is not a node id"))?;
+            let address = address.trim();
+            if address.is_empty() || !address.contains(':') {
+                return Err(format!("peer `{part}`: `{address}` is not HOST:PORT"));
+            }
+            if peers.insert(id, address.to_string()).is_some() {
+                return Err(format!("node {id} is listed twice"));
+            }
+        }
+        Ok(Peers(peers))
+    }
+}
+
+impl TryFrom<String> for Peers {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Peers> for String {
+    fn from(p: Peers) -> String {
+        p.to_string()
+    }
+}
+
+impl std::fmt::Display for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -95,7 +152,7 @@ pub struct Config {
     pub group_max_session_timeout_ms: u64,
     /// The cluster: node id → address of its gRPC listener (Raft traffic goes there). Empty
     /// for a single-node cluster. This node's own entry, if present, is ignored for routing.
-    pub peers: BTreeMap<u64, String>,
+    pub peers: Peers,
     /// The client address this node announces (default: the bound gRPC address).
     pub advertise: Option<String>,
     /// Raft heartbeat interval (ms).
@@ -120,7 +177,7 @@ impl Default for Config {
             retention_check_ms: 60_000,
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
-            peers: BTreeMap::new(),
+            peers: Peers::default(),
             advertise: None,
             raft_heartbeat_ms: 100,
             raft_election_timeout_ms: 500,

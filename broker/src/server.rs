@@ -85,7 +85,7 @@ impl Broker {
             .unwrap_or_else(|| address.to_string());
 
         // The cluster: every group shares the peers' connections and the Raft service.
-        let mut peers = config.peers.clone();
+        let mut peers = config.peers.0.clone();
         peers
             .entry(config.node_id)
             .or_insert_with(|| advertised.clone());

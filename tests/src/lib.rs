@@ -1,6 +1,8 @@
 //! Test harness: brokers started in-process on `127.0.0.1:0`, with their data in a
 //! temporary directory that outlives restarts.
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use strata_broker::config::Peers;
 use strata_broker::{Config, Fsync, process};
 
 /// Runs one Strata node until SIGINT or SIGTERM, then shuts it down cleanly (requests in
@@ -18,7 +19,8 @@ Settings come from, in increasing precedence: built-in defaults, the TOML file g
 --config (keys named like the long flags, with underscores: node_id, listen, http, data_dir, \
 fsync, segment_bytes, max_batch_bytes, max_request_bytes, max_in_flight_per_connection, \
 produce_timeout_ms, retention_check_ms, group_min_session_timeout_ms, \
-group_max_session_timeout_ms), STRATA_* environment variables, and flags. Logging follows \
+group_max_session_timeout_ms, peers, advertise, raft_heartbeat_ms, \
+raft_election_timeout_ms), STRATA_* environment variables, and flags. Logging follows \
 STRATA_LOG (or RUST_LOG), e.g. STRATA_LOG=debug."
 )]
 struct Args {
@@ -46,6 +48,13 @@ struct Args {
     /// Largest record batch accepted, in bytes.
     #[arg(long, env = "STRATA_MAX_BATCH_BYTES")]
     max_batch_bytes: Option<u32>,
+    /// Every node of the cluster, this one included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    /// Omitted: a single-node cluster.
+    #[arg(long, env = "STRATA_PEERS")]
+    peers: Option<Peers>,
+    /// The address clients should use for this node (default: the listen address).
+    #[arg(long, env = "STRATA_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 /// mimalloc keeps freed memory for reuse: glibc returns large request buffers to the kernel
@@ -89,6 +98,12 @@ fn run() -> anyhow::Result<()> {
     }
     if let Some(v) = args.max_batch_bytes {
         config.max_batch_bytes = v;
+    }
+    if let Some(v) = args.peers {
+        config.peers = v;
+    }
+    if let Some(v) = args.advertise {
+        config.advertise = Some(v);
     }
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

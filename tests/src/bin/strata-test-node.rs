@@ -1,0 +1,23 @@
+//! One Strata node for the multi-process tests: reads a TOML configuration file (the only
+//! argument) and runs until SIGTERM, or until the test kills it with SIGKILL.
+
+fn main() -> std::process::ExitCode {
+    strata_broker::process::exit_code(run())
+}
+
+fn run() -> anyhow::Result<()> {
+    let path = std::env::args()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: strata-test-node CONFIG.toml"))?;
+    strata_broker::process::init_logging("info");
+    let config = strata_broker::Config::from_toml_file(std::path::Path::new(&path))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(strata_broker::run(
+        config,
+        strata_broker::process::shutdown_signal(),
+    ))?;
+    Ok(())
+}

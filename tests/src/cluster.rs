@@ -1,0 +1,397 @@
+//! Multi-node harness: real `strata-test-node` processes on loopback ports, every Raft link
+//! between two nodes through a [`Proxy`] the test can cut, nodes killed with SIGKILL and
+//! restarted on the same data directory and port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use strata_broker::Config;
+use strata_broker::config::Peers;
+use strata_client::Client;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::eventually;
+
+/// A TCP forwarder for one direction of one link (the Raft traffic node A sends to node B).
+/// While cut, it drops every connection, open or new.
+pub struct Proxy {
+    address: SocketAddr,
+    cut: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy on a free port forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+        let address = listener.local_addr().expect("proxy address");
+        let cut = Arc::new(AtomicBool::new(false));
+        let (generation, _) = watch::channel(0u64);
+        let task = tokio::spawn({
+            let cut = cut.clone();
+            let generation = generation.clone();
+            async move {
+                loop {
+                    let Ok((inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if cut.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let mut cut_off = generation.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let mut inbound = inbound;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut_off.changed() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Proxy {
+            address,
+            cut,
+            generation,
+            task,
+        }
+    }
+
+    /// Where to connect.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Drops every connection and refuses new ones until [`Proxy::heal`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Forwards again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// One node process.
+pub struct TestNode {
+    /// Its id.
+    pub id: u64,
+    /// Its client address.
+    pub address: SocketAddr,
+    dir: PathBuf,
+    config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// Its data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Whether its process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    /// The end of its log file (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// A cluster of node processes with a proxy on every directed link.
+pub struct TestCluster {
+    /// The nodes, by index (node id = index + 1).
+    pub nodes: Vec<TestNode>,
+    proxies: BTreeMap<(u64, u64), Proxy>,
+    binary: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    listener.local_addr().expect("address")
+}
+
+impl TestCluster {
+    /// Starts `n` nodes from `binary` (the test's `CARGO_BIN_EXE_strata-test-node`), with
+    /// `tweak` applied to every node's configuration, and waits until they serve.
+    pub async fn start(binary: &str, n: u64, tweak: impl Fn(&mut Config)) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let addresses: BTreeMap<u64, SocketAddr> = (1..=n).map(|id| (id, free_port())).collect();
+        let mut proxies = BTreeMap::new();
+        for from in 1..=n {
+            for to in 1..=n {
+                if from != to {
+                    proxies.insert((from, to), Proxy::start(addresses[&to]).await);
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let node_dir = dir.path().join(format!("node-{id}"));
+            std::fs::create_dir_all(&node_dir).expect("node directory");
+            let peers: BTreeMap<u64, String> = (1..=n)
+                .map(|other| {
+                    let address = if other == id {
+                        addresses[&id]
+                    } else {
+                        proxies[&(id, other)].address()
+                    };
+                    (other, address.to_string())
+                })
+                .collect();
+            let mut config = Config {
+                node_id: id,
+                listen: addresses[&id],
+                // (A TOML file cannot say "no HTTP": give it a port of its own.)
+                http: Some(free_port()),
+                data_dir: node_dir.join("data"),
+                segment_bytes: 8 << 20,
+                max_batch_bytes: 1 << 20,
+                peers: Peers(peers),
+                advertise: Some(addresses[&id].to_string()),
+                ..Config::default()
+            };
+            tweak(&mut config);
+            let config_path = node_dir.join("config.toml");
+            let toml = toml::to_string(&config).expect("config serializes");
+            std::fs::write(&config_path, toml).expect("config written");
+            nodes.push(TestNode {
+                id,
+                address: addresses[&id],
+                dir: node_dir,
+                config_path,
+                child: None,
+            });
+        }
+        let mut cluster = TestCluster {
+            nodes,
+            proxies,
+            binary: PathBuf::from(binary),
+            _dir: dir,
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        for id in 1..=n {
+            cluster.wait_serving(id).await;
+        }
+        cluster
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let binary = self.binary.clone();
+        let node = self.node_mut(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_path())
+            .expect("log file");
+        let child = Command::new(&binary)
+            .arg(&node.config_path)
+            .env("STRATA_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("node process starts");
+        node.child = Some(child);
+    }
+
+    /// Waits until the node answers health checks.
+    pub async fn wait_serving(&self, id: u64) {
+        let address = self.node(id).address.to_string();
+        let node = self.node(id);
+        let serving = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(client) = Client::connect(&address).await
+                    && client.admin().list_topics().await.is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            serving.is_ok(),
+            "node {id} did not start serving; its log ends:\n{}",
+            node.log_tail(30)
+        );
+    }
+
+    /// SIGKILLs a node.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops a node with SIGTERM (a clean shutdown) and waits for it to exit.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped or killed node again on its data directory and port.
+    pub async fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.spawn(id);
+        self.wait_serving(id).await;
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&self, id: u64) {
+        for ((from, to), proxy) in &self.proxies {
+            if *from == id || *to == id {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Cuts the links between `a` and `b`, both ways.
+    pub fn cut(&self, a: u64, b: u64) {
+        self.proxies[&(a, b)].cut();
+        self.proxies[&(b, a)].cut();
+    }
+
+    /// Heals every link.
+    pub fn heal_all(&self) {
+        for proxy in self.proxies.values() {
+            proxy.heal();
+        }
+    }
+
+    /// Every running node's client address, comma-separated (a bootstrap list).
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.address.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client bootstrapped from every node.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.bootstrap())
+            .await
+            .expect("client connects")
+    }
+
+    /// A client of one node only.
+    pub async fn client_of(&self, id: u64) -> Client {
+        Client::connect(&self.node(id).address.to_string())
+            .await
+            .expect("client connects")
+    }
+
+    /// The node leading a partition, as the cluster's metadata says, once one is known.
+    pub async fn leader_of(&self, topic: &str, partition: u32) -> u64 {
+        eventually(Duration::from_secs(20), "a partition leader", async || {
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                let Ok(client) = Client::connect(&node.address.to_string()).await else {
+                    continue;
+                };
+                let Ok(t) = client.admin().describe_topic(topic).await else {
+                    continue;
+                };
+                // A replica that leads says so about itself.
+                if let Some(p) = t.partitions.iter().find(|p| p.partition == partition)
+                    && p.leader == node.id
+                {
+                    return Some(node.id);
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Directories of a partition's replicas (`topics/<name>-<id>/<partition>`) on every node.
+    pub fn replica_dirs(&self, topic: &str, partition: u32) -> Vec<(u64, PathBuf)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let topics = n.data_dir().join("topics");
+                let dir = std::fs::read_dir(&topics).ok()?.find_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name.rsplit_once('-').map(|(t, _)| t) == Some(topic)).then(|| e.path())
+                })?;
+                let dir = dir.join(partition.to_string());
+                dir.exists().then_some((n.id, dir))
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+/// Reads every entry of a stopped replica's log: (log id, body).
+pub fn read_log(dir: &Path) -> Vec<(strata_storage::LogId, bytes::Bytes)> {
+    let log = strata_storage::PartitionLog::open(
+        dir,
+        strata_storage::LogConfig {
+            segment_bytes: 8 << 20,
+            max_entry_bytes: (1 << 20) + 64,
+            ..Default::default()
+        },
+    )
+    .expect("replica log opens");
+    let state = log.state();
+    let entries = log
+        .entries(state.first_index..state.next_index, usize::MAX)
+        .expect("entries read");
+    entries.into_iter().map(|e| (e.log_id, e.body)).collect()
+}
