@@ -49,6 +49,9 @@ pub(crate) struct TopicInfo {
 struct Cluster {
     nodes: HashMap<u64, String>,
     topics: HashMap<String, Arc<TopicInfo>>,
+    /// The last broker that answered a metadata request: requests any node can answer go
+    /// there first.
+    last_good: Option<String>,
 }
 
 /// A connection to a Strata cluster. Cheap to clone; clones share connections and metadata.
@@ -147,11 +150,16 @@ impl Client {
         Ok(channel)
     }
 
-    /// Addresses to ask for metadata: known nodes first, then the bootstrap list.
+    /// Addresses to ask for metadata: the last broker that answered, the known nodes, then
+    /// the bootstrap list.
     fn candidates(&self) -> Vec<String> {
         let cluster = self.inner.cluster.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<String> = cluster.nodes.values().cloned().collect();
         out.sort();
+        if let Some(good) = &cluster.last_good {
+            out.retain(|a| a != good);
+            out.insert(0, good.clone());
+        }
         for b in &self.inner.bootstrap {
             if !out.contains(b) {
                 out.push(b.clone());
@@ -183,6 +191,11 @@ impl Client {
             match rpc.get_metadata(request).await {
                 Ok(response) => {
                     self.apply(response.into_inner(), topics.is_empty());
+                    self.inner
+                        .cluster
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .last_good = Some(address);
                     return Ok(());
                 }
                 Err(status) => {
@@ -266,6 +279,71 @@ impl Client {
             .remove(topic);
     }
 
+    /// Records a leader hint from a NOT_LEADER answer, so the next request for the partition
+    /// goes to that node.
+    pub(crate) fn note_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        leader: u64,
+        address: Option<&str>,
+    ) {
+        let mut cluster = self
+            .inner
+            .cluster
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(address) = address {
+            cluster.nodes.insert(leader, address.to_string());
+        }
+        if let Some(info) = cluster.topics.get(topic)
+            && let Some(current) = info.leaders.get(partition as usize)
+            && *current != leader
+        {
+            let mut updated = (**info).clone();
+            updated.leaders[partition as usize] = leader;
+            cluster.topics.insert(topic.to_string(), Arc::new(updated));
+        }
+    }
+
+    /// Follows a NOT_LEADER answer's hint, or forgets the topic's metadata so that the next
+    /// use reloads it.
+    pub(crate) fn on_error(&self, topic: &str, partition: u32, error: &Error) {
+        match error {
+            Error::Broker(b) if b.leader_hint.is_some() => self.note_leader(
+                topic,
+                partition,
+                b.leader_hint.unwrap_or_default(),
+                b.leader_address.as_deref(),
+            ),
+            _ => self.invalidate(topic),
+        }
+    }
+
+    /// Allocates an idempotent producer id: (id, epoch).
+    pub(crate) async fn init_producer(&self) -> Result<(i64, i16)> {
+        let mut last = None;
+        for address in self.candidates() {
+            let mut rpc = v1::produce_client::ProduceClient::new(self.channel(&address)?);
+            let mut request = tonic::Request::new(v1::InitProducerRequest {});
+            request.set_timeout(self.inner.config.request_timeout);
+            match rpc.init_producer(request).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok((r.producer_id, r.producer_epoch as i16));
+                }
+                Err(status) => {
+                    let e = from_status(status);
+                    if !e.is_retriable() {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidConfig("no broker known".into())))
+    }
+
     /// The channel to the leader of a partition.
     pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<Channel> {
         let info = self.topic(topic).await?;
@@ -274,6 +352,7 @@ impl Client {
                 code: v1::ErrorCode::UnknownPartition,
                 message: format!("topic `{topic}` has no partition {partition}"),
                 leader_hint: None,
+                leader_address: None,
             })
         })?;
         let address = self

@@ -15,6 +15,8 @@ pub struct BrokerError {
     pub message: String,
     /// For `NOT_LEADER`, the node that leads the partition, when known.
     pub leader_hint: Option<u64>,
+    /// For `NOT_LEADER`, that node's address, when known.
+    pub leader_address: Option<String>,
 }
 
 impl std::fmt::Display for BrokerError {
@@ -29,6 +31,7 @@ impl From<ErrorDetail> for BrokerError {
             code: d.code(),
             message: d.message,
             leader_hint: d.leader_hint,
+            leader_address: (!d.leader_address.is_empty()).then_some(d.leader_address),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Multi-node tests: three `strata-test-node` processes on loopback, Raft traffic through
 //! proxies the tests cut, nodes killed with SIGKILL.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -82,15 +84,133 @@ async fn t30_every_replica_holds_the_same_entries_after_a_produce_run() {
         *next += 1;
     }
     wait_replicated(&cluster, "same", 3, per_partition).await;
-    for id in 1..=3 {
+    assert_same_logs(&mut cluster, "same", 3);
+}
+
+/// Produces `count` records numbered from 0 to partition 0 of `topic` in the background,
+/// recording which were acknowledged.
+fn spawn_numbered_producer(
+    client: strata_client::Client,
+    topic: &'static str,
+    count: u64,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let producer = client
+            .producer()
+            .linger(Duration::from_millis(2))
+            .retries(100)
+            .retry_backoff(Duration::from_millis(50))
+            .build();
+        let mut pending = Vec::new();
+        for i in 0..count {
+            let ack = producer
+                .send(ProducerRecord::new(topic, i.to_string()).partition(0))
+                .await
+                .expect("send queued");
+            pending.push((i, ack));
+            if i % 50 == 49 {
+                // Keep a steady trickle, so that the kill lands mid-stream.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let mut acked = Vec::new();
+        for (i, ack) in pending {
+            if ack.await.is_ok() {
+                acked.push(i);
+            }
+        }
+        acked
+    })
+}
+
+/// Reads partition 0 of `topic` from the start until `n` records came, through `client`.
+async fn read_values(client: &strata_client::Client, topic: &str, n: usize) -> Vec<u64> {
+    let mut consumer = reader(client, topic, [0], StartAt::Earliest).await;
+    let mut values = Vec::with_capacity(n);
+    while values.len() < n {
+        let r = next_record(&mut consumer).await;
+        values.push(
+            std::str::from_utf8(r.value.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    values
+}
+
+/// Every acknowledged value appears exactly once, and values appear in send order.
+fn check_acknowledged(values: &[u64], acked: &[u64]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for v in values {
+        assert!(seen.insert(*v), "value {v} stored twice");
+    }
+    for a in acked {
+        assert!(seen.contains(a), "acknowledged value {a} lost");
+    }
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "values out of order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_leader_kill_loses_no_acknowledged_record() {
+    let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client.admin().create_topic("kill", rf3(1)).await.unwrap();
+    let leader = cluster.leader_of("kill", 0).await;
+
+    let count = 6_000;
+    let producing = spawn_numbered_producer(cluster.client().await, "kill", count);
+    // Kill the leader once some records are committed.
+    eventually(
+        Duration::from_secs(30),
+        "records before the kill",
+        async || {
+            let t = client.admin().describe_topic("kill").await.ok()?;
+            (t.partitions[0].high_watermark >= 1_000).then_some(())
+        },
+    )
+    .await;
+    cluster.kill(leader);
+    let acked = producing.await.unwrap();
+    assert!(
+        acked.len() as u64 >= count - 50,
+        "the producer went on: {} acked",
+        acked.len()
+    );
+
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    let survivors = cluster.client_of(survivor).await;
+    let new_leader = cluster.leader_of("kill", 0).await;
+    assert_ne!(new_leader, leader);
+    let stored = {
+        let t = survivors.admin().describe_topic("kill").await.unwrap();
+        t.partitions[0].high_watermark as usize
+    };
+    let values = read_values(&survivors, "kill", stored).await;
+    check_acknowledged(&values, &acked);
+
+    // The killed node comes back and catches up to the same log.
+    cluster.restart(leader).await;
+    wait_replicated(&cluster, "kill", 1, stored as u64).await;
+    let back = cluster.client_of(leader).await;
+    let again = read_values(&back, "kill", stored).await;
+    assert_eq!(again, values);
+    assert_same_logs(&mut cluster, "kill", 1);
+}
+
+/// Stops every node and checks that each partition's replicas hold identical logs.
+fn assert_same_logs(cluster: &mut TestCluster, topic: &str, partitions: u32) {
+    for id in 1..=cluster.nodes.len() as u64 {
         cluster.stop(id);
     }
-    for p in 0..3 {
-        let replicas = cluster.replica_dirs("same", p);
+    for p in 0..partitions {
+        let replicas = cluster.replica_dirs(topic, p);
         assert_eq!(replicas.len(), 3);
         let logs: Vec<_> = replicas.iter().map(|(_, dir)| read_log(dir)).collect();
-        let records: usize = logs[0].iter().filter(|(_, body)| !body.is_empty()).count();
-        assert!(records > 0);
+        assert!(logs[0].iter().any(|(_, body)| !body.is_empty()));
         for (i, log) in logs.iter().enumerate().skip(1) {
             assert_eq!(
                 log.len(),

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{Api, status};
 use crate::error::Error;
 use crate::partition::Acks;
+use crate::raft::{Command, CommandResult};
 
 #[tonic::async_trait]
 impl v1::produce_server::Produce for Api {
@@ -22,6 +23,33 @@ impl v1::produce_server::Produce for Api {
         let started = Instant::now();
         let result = self.produce_inner(request.into_inner()).await;
         self.finish("produce", started, result).map(Response::new)
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            self.check_serving()?;
+            match self
+                .node
+                .cluster
+                .propose(Command::AllocateProducerId, Duration::from_secs(10))
+                .await?
+            {
+                CommandResult::ProducerId { id } => Ok(v1::InitProducerResponse {
+                    producer_id: id,
+                    producer_epoch: 0,
+                }),
+                other => Err(Error::Unavailable(format!(
+                    "unexpected controller answer {other:?}"
+                ))),
+            }
+        }
+        .await;
+        self.finish("init_producer", started, result)
+            .map(Response::new)
     }
 }
 

@@ -336,7 +336,13 @@ async fn recover(shared: &Shared, mut end: FetchEnd) -> Result<(Arc<str>, Vec<(u
         }
         _ if end.error.is_retriable() => {
             tracing::debug!(topic = %end.topic, error = %end.error, "fetch interrupted; resuming");
-            shared.settings.client.invalidate(&end.topic);
+            match end.failed {
+                Some(partition) => shared
+                    .settings
+                    .client
+                    .on_error(&end.topic, partition, &end.error),
+                None => shared.settings.client.invalidate(&end.topic),
+            }
             tokio::time::sleep(BACKOFF).await;
         }
         _ => return Err(end.error),

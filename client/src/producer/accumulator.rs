@@ -28,7 +28,14 @@ struct Open {
     created: Instant,
 }
 
-/// A sealed batch and whom to tell about it.
+/// A batch closed to new records, finished (sequence numbers assigned) when it is sent.
+struct Sealed {
+    builder: BatchBuilder,
+    waiters: Vec<Waiter>,
+    reserved: usize,
+}
+
+/// A batch on its way and whom to tell about it.
 pub(crate) struct Ready {
     pub batch: RecordBatch,
     pub waiters: Vec<Waiter>,
@@ -39,8 +46,10 @@ pub(crate) struct Ready {
 #[derive(Default)]
 struct Queue {
     open: Option<Open>,
-    ready: VecDeque<Ready>,
+    ready: VecDeque<Sealed>,
     in_flight: bool,
+    /// The sequence number of the next batch's first record (idempotent producers).
+    next_seq: i32,
 }
 
 /// Key of a partition.
@@ -53,6 +62,8 @@ pub(crate) struct Accumulator {
     sticky: HashMap<Arc<str>, (u32, u32)>,
     batch_bytes: usize,
     linger: Duration,
+    /// The idempotent producer's id and epoch, once known.
+    identity: Option<(i64, i16)>,
 }
 
 /// What a push did.
@@ -71,6 +82,23 @@ impl Accumulator {
             sticky: HashMap::new(),
             batch_bytes,
             linger,
+            identity: None,
+        }
+    }
+
+    /// Makes every batch sent from now on idempotent, with this producer id and epoch.
+    pub fn set_identity(&mut self, producer_id: i64, epoch: i16) {
+        self.identity = Some((producer_id, epoch));
+    }
+
+    /// After a batch failed for good, its sequence numbers are a gap the partition would
+    /// refuse: start a new epoch, with every partition's sequence at 0.
+    pub fn reset_sequences(&mut self) {
+        if let Some((_, epoch)) = &mut self.identity {
+            *epoch = epoch.wrapping_add(1).max(0);
+            for queue in self.queues.values_mut() {
+                queue.next_seq = 0;
+            }
         }
     }
 
@@ -129,9 +157,11 @@ impl Accumulator {
         let Some(open) = queue.open.take() else {
             return Ok(false);
         };
-        let batch = open.builder.finish().map_err(Error::InvalidRecord)?;
-        queue.ready.push_back(Ready {
-            batch,
+        if open.builder.is_empty() {
+            return Ok(false);
+        }
+        queue.ready.push_back(Sealed {
+            builder: open.builder,
             waiters: open.waiters,
             reserved: open.reserved,
         });
@@ -170,10 +200,28 @@ impl Accumulator {
                 }
             }
             if !queue.in_flight
-                && let Some(ready) = queue.ready.pop_front()
+                && let Some(sealed) = queue.ready.pop_front()
             {
-                queue.in_flight = true;
-                out.push((key.clone(), ready));
+                let mut builder = sealed.builder;
+                if let Some((producer_id, epoch)) = self.identity {
+                    let count = builder.record_count();
+                    builder = builder.producer(producer_id, epoch, queue.next_seq);
+                    queue.next_seq = ((i64::from(queue.next_seq) + i64::from(count))
+                        % (i64::from(i32::MAX) + 1)) as i32;
+                }
+                // Only an empty batch cannot be finished, and seal never keeps one; were
+                // it to happen, dropping the waiters fails their sends.
+                if let Ok(batch) = builder.finish() {
+                    queue.in_flight = true;
+                    out.push((
+                        key.clone(),
+                        Ready {
+                            batch,
+                            waiters: sealed.waiters,
+                            reserved: sealed.reserved,
+                        },
+                    ));
+                }
             }
         }
         for key in rotated {

@@ -60,6 +60,7 @@ pub struct ProducerBuilder {
     retry_backoff: Duration,
     max_in_flight_bytes: usize,
     request_timeout: Duration,
+    pub(crate) idempotent: bool,
 }
 
 impl ProducerBuilder {
@@ -74,7 +75,16 @@ impl ProducerBuilder {
             retry_backoff: Duration::from_millis(100),
             max_in_flight_bytes: 64 << 20,
             request_timeout,
+            idempotent: true,
         }
+    }
+
+    /// Whether retries are deduplicated (default on): the producer gets a producer id from
+    /// the cluster and numbers its records per partition, so a batch retried after a lost
+    /// answer is stored once and answered with its original offsets.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
     }
 
     /// How long a batch waits for more records before it is sent (default 5 ms).
@@ -230,6 +240,7 @@ impl Producer {
                         p + 1
                     ),
                     leader_hint: None,
+                    leader_address: None,
                 }));
             }
             (None, Some(key)) => partition_for_key(key, partitions),

@@ -15,6 +15,9 @@ use crate::record::RecordMetadata;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(shared: Arc<Shared>) {
+    if shared.settings.idempotent {
+        acquire_identity(&shared).await;
+    }
     loop {
         let closing = shared.closing.load(Ordering::Acquire);
         let force = closing || shared.flushing.load(Ordering::Acquire) > 0;
@@ -64,11 +67,35 @@ async fn send(shared: Arc<Shared>, key: PartitionKey, ready: Ready) {
             for waiter in ready.waiters {
                 let _ = waiter.tx.send(Err(duplicate(&e)));
             }
+            shared.lock().reset_sequences();
         }
     }
     shared.lock().complete(&key);
     shared.budget.add_permits(ready.reserved);
     shared.wake.notify_one();
+}
+
+/// Gets an idempotent producer id before anything is sent; retries while the cluster cannot
+/// answer, and falls back to plain (possibly duplicating) retries if it refuses.
+async fn acquire_identity(shared: &Shared) {
+    let mut backoff = shared.settings.retry_backoff;
+    loop {
+        match shared.settings.client.init_producer().await {
+            Ok((id, epoch)) => {
+                shared.lock().set_identity(id, epoch);
+                return;
+            }
+            Err(e) if e.is_retriable() && !shared.closing.load(Ordering::Acquire) => {
+                tracing::debug!(error = %e, "no producer id yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no idempotent producer id; retries may duplicate batches");
+                return;
+            }
+        }
+    }
 }
 
 /// Sends one batch, retrying retriable failures.
@@ -82,7 +109,11 @@ async fn deliver(shared: &Shared, key: &PartitionKey, ready: &Ready) -> Result<u
             Ok(base) => return Ok(base),
             Err(e) if e.is_retriable() && attempt <= settings.retries => {
                 tracing::debug!(topic = %key.0, partition = key.1, attempt, error = %e, "retrying a batch");
-                settings.client.invalidate(&key.0);
+                settings.client.on_error(&key.0, key.1, &e);
+                if matches!(&e, Error::Broker(b) if b.leader_hint.is_some()) {
+                    // A fresh hint: go there at once.
+                    continue;
+                }
                 let backoff = settings
                     .retry_backoff
                     .saturating_mul(1 << (attempt - 1).min(5))
