@@ -226,3 +226,166 @@ fn assert_same_logs(cluster: &mut TestCluster, topic: &str, partitions: u32) {
         }
     }
 }
+
+/// A one-record batch, idempotent when `producer` is given: (id, epoch, sequence).
+fn batch(value: &str, producer: Option<(i64, i16, i32)>) -> bytes::Bytes {
+    let mut b = strata_storage::BatchBuilder::new();
+    b.push(strata_storage::NewRecord::value(
+        1_700_000_000_000,
+        value.as_bytes(),
+    ))
+    .unwrap();
+    let b = match producer {
+        Some((id, epoch, seq)) => b.producer(id, epoch, seq),
+        None => b,
+    };
+    b.finish().unwrap().into_bytes()
+}
+
+/// Sends one batch to partition 0 of `topic` at `address` with the raw API: the base
+/// offset, or the error code.
+async fn raw_produce(
+    address: std::net::SocketAddr,
+    topic: &str,
+    batch: bytes::Bytes,
+    timeout_ms: u32,
+) -> Result<u64, strata_proto::v1::ErrorCode> {
+    use strata_proto::v1;
+    let mut rpc = v1::produce_client::ProduceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let request = v1::ProduceRequest {
+        topic: topic.to_string(),
+        batches: vec![v1::PartitionBatch {
+            partition: 0,
+            batch,
+        }],
+        acks: v1::Acks::All as i32,
+        timeout_ms,
+    };
+    match rpc.produce(request).await {
+        Ok(r) => {
+            let result = r.into_inner().results.remove(0);
+            match result.error {
+                Some(e) => Err(e.code()),
+                None => Ok(result.base_offset),
+            }
+        }
+        Err(status) => Err(<strata_proto::v1::ErrorDetail as prost::Message>::decode(
+            status.details(),
+        )
+        .map_or(v1::ErrorCode::Unavailable, |d| d.code())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t32_an_isolated_node_acknowledges_nothing_and_catches_up_after_healing() {
+    let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client.admin().create_topic("cut", rf3(1)).await.unwrap();
+    let isolated = cluster.leader_of("cut", 0).await;
+    let producer = client.producer().build();
+    for i in 0..100u64 {
+        producer
+            .send_and_wait(ProducerRecord::new("cut", i.to_string()).partition(0))
+            .await
+            .unwrap();
+    }
+
+    cluster.isolate(isolated);
+    // The isolated leader cannot commit: whatever it is sent is not acknowledged.
+    let refused = raw_produce(
+        cluster.node(isolated).address,
+        "cut",
+        batch("lost?", None),
+        2_000,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "an isolated node acknowledged a write: {refused:?}"
+    );
+
+    // The majority elects a leader and keeps committing.
+    let majority: Vec<u64> = (1..=3).filter(|id| *id != isolated).collect();
+    let bootstrap = majority
+        .iter()
+        .map(|id| cluster.node(*id).address.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let majority_client = strata_client::Client::connect(&bootstrap).await.unwrap();
+    let producer = majority_client.producer().build();
+    for i in 100..300u64 {
+        producer
+            .send_and_wait(ProducerRecord::new("cut", i.to_string()).partition(0))
+            .await
+            .unwrap();
+    }
+    let values = read_values(&majority_client, "cut", 300).await;
+    assert_eq!(
+        values,
+        (0..300).collect::<Vec<_>>(),
+        "only acknowledged writes, in order"
+    );
+
+    cluster.heal_all();
+    wait_replicated(&cluster, "cut", 1, 300).await;
+    assert_same_logs(&mut cluster, "cut", 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t33_a_retried_batch_whose_answer_was_lost_is_stored_once() {
+    use strata_proto::v1;
+    let cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client.admin().create_topic("once", rf3(1)).await.unwrap();
+    let leader = cluster.node(cluster.leader_of("once", 0).await).address;
+    let mut rpc = v1::produce_client::ProduceClient::connect(format!("http://{leader}"))
+        .await
+        .unwrap();
+    let id = rpc
+        .init_producer(v1::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (pid, epoch) = (id.producer_id, id.producer_epoch as i16);
+    assert!(pid > 0);
+
+    let first = raw_produce(leader, "once", batch("a", Some((pid, epoch, 0))), 10_000).await;
+    // The answer is "lost": the producer sends the same batch again, twice at once.
+    let again = batch("a", Some((pid, epoch, 0)));
+    let (r1, r2) = tokio::join!(
+        raw_produce(leader, "once", again.clone(), 10_000),
+        raw_produce(leader, "once", again, 10_000)
+    );
+    assert_eq!(first, Ok(0));
+    assert_eq!(r1, Ok(0));
+    assert_eq!(r2, Ok(0));
+    // The next batch continues the sequence; a gap is refused; an older epoch is fenced.
+    let next = raw_produce(leader, "once", batch("b", Some((pid, epoch, 1))), 10_000).await;
+    assert_eq!(next, Ok(1));
+    let gap = raw_produce(leader, "once", batch("c", Some((pid, epoch, 5))), 10_000).await;
+    assert_eq!(gap, Err(v1::ErrorCode::OutOfOrderSequence));
+    let bumped = raw_produce(
+        leader,
+        "once",
+        batch("d", Some((pid, epoch + 1, 0))),
+        10_000,
+    )
+    .await;
+    assert_eq!(bumped, Ok(2));
+    let fenced = raw_produce(leader, "once", batch("e", Some((pid, epoch, 2))), 10_000).await;
+    assert_eq!(fenced, Err(v1::ErrorCode::ProducerFenced));
+    // A retry of the first batch, answered from the replicated producer state.
+    let late = raw_produce(
+        leader,
+        "once",
+        batch("d", Some((pid, epoch + 1, 0))),
+        10_000,
+    )
+    .await;
+    assert_eq!(late, Ok(2));
+
+    let t = client.admin().describe_topic("once").await.unwrap();
+    assert_eq!(t.partitions[0].high_watermark, 3);
+}

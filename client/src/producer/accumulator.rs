@@ -48,8 +48,6 @@ struct Queue {
     open: Option<Open>,
     ready: VecDeque<Sealed>,
     in_flight: bool,
-    /// The sequence number of the next batch's first record (idempotent producers).
-    next_seq: i32,
 }
 
 /// Key of a partition.
@@ -64,6 +62,9 @@ pub(crate) struct Accumulator {
     linger: Duration,
     /// The idempotent producer's id and epoch, once known.
     identity: Option<(i64, i16)>,
+    /// Per partition, the sequence number of the next batch's first record (kept when a
+    /// partition's queue goes idle).
+    sequences: HashMap<PartitionKey, i32>,
 }
 
 /// What a push did.
@@ -83,6 +84,7 @@ impl Accumulator {
             batch_bytes,
             linger,
             identity: None,
+            sequences: HashMap::new(),
         }
     }
 
@@ -96,9 +98,7 @@ impl Accumulator {
     pub fn reset_sequences(&mut self) {
         if let Some((_, epoch)) = &mut self.identity {
             *epoch = epoch.wrapping_add(1).max(0);
-            for queue in self.queues.values_mut() {
-                queue.next_seq = 0;
-            }
+            self.sequences.clear();
         }
     }
 
@@ -205,9 +205,10 @@ impl Accumulator {
                 let mut builder = sealed.builder;
                 if let Some((producer_id, epoch)) = self.identity {
                     let count = builder.record_count();
-                    builder = builder.producer(producer_id, epoch, queue.next_seq);
-                    queue.next_seq = ((i64::from(queue.next_seq) + i64::from(count))
-                        % (i64::from(i32::MAX) + 1)) as i32;
+                    let next = self.sequences.entry(key.clone()).or_insert(0);
+                    builder = builder.producer(producer_id, epoch, *next);
+                    *next =
+                        ((i64::from(*next) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32;
                 }
                 // Only an empty batch cannot be finished, and seal never keeps one; were
                 // it to happen, dropping the waiters fails their sends.
@@ -259,6 +260,29 @@ mod tests {
 
     fn key(p: u32) -> PartitionKey {
         (Arc::from("t"), p)
+    }
+
+    #[test]
+    fn sequences_continue_across_idle_queues_and_restart_in_a_new_epoch() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, Duration::ZERO);
+        acc.set_identity(9, 0);
+        let send = |acc: &mut Accumulator, records: usize| {
+            for _ in 0..records {
+                let (w, _) = waiter();
+                acc.push(key(0), NewRecord::value(1, b"v"), 1, w, || now)
+                    .unwrap();
+            }
+            let (out, _) = acc.drain(now, true);
+            acc.complete(&key(0)); // the queue goes idle and is dropped
+            let b = &out[0].1.batch;
+            (b.producer_id(), b.producer_epoch(), b.base_sequence())
+        };
+        assert_eq!(send(&mut acc, 2), (9, 0, 0));
+        assert_eq!(send(&mut acc, 3), (9, 0, 2));
+        assert_eq!(send(&mut acc, 1), (9, 0, 5));
+        acc.reset_sequences();
+        assert_eq!(send(&mut acc, 1), (9, 1, 0));
     }
 
     #[test]
