@@ -5,10 +5,17 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// Logs to stderr, filtered by `STRATA_LOG` (or `RUST_LOG`), else by `default_filter`.
+/// openraft's own messages are shown from `error` up unless the filter names it: it warns
+/// on every heartbeat to a peer that is down, which the node reports itself.
 pub fn init_logging(default_filter: &str) {
     let filter = std::env::var("STRATA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default_filter.to_string());
+    let filter = if filter.contains("openraft") {
+        filter
+    } else {
+        format!("{filter},openraft=error")
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -154,7 +154,95 @@ fn brief(t: v1::TopicMetadata) -> TopicDescription {
     }
 }
 
+/// One node's view of the cluster, from [`Admin::node_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node that answered.
+    pub node_id: u64,
+    /// Who leads the controller, as it knows.
+    pub controller_leader: Option<u64>,
+    /// Registered nodes: (id, client address).
+    pub nodes: Vec<(u64, String)>,
+    /// Its replicas: the controller first (topic ""), then partitions.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// The Raft state of one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Topic ("" for the controller).
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The leader, as this replica knows.
+    pub leader: Option<u64>,
+    /// Raft term.
+    pub term: u64,
+    /// Replica nodes; the first is the preferred leader.
+    pub replicas: Vec<u64>,
+    /// Index of its last log entry.
+    pub last_log_index: u64,
+    /// Index it knows committed.
+    pub committed_index: u64,
+    /// Index it applied.
+    pub applied_index: u64,
+    /// Offset after the last committed record.
+    pub high_watermark: u64,
+    /// Where it leads: (follower, matched index, lag in entries).
+    pub followers: Vec<(u64, Option<u64>, u64)>,
+}
+
 impl Admin {
+    /// The nodes of the cluster: (id, client address).
+    pub async fn nodes(&self) -> Result<Vec<(u64, String)>> {
+        self.client.nodes().await
+    }
+
+    /// Asks one node (by address) for its view of the cluster, within `timeout`.
+    pub async fn node_status(
+        &self,
+        address: &str,
+        timeout: std::time::Duration,
+    ) -> Result<NodeStatus> {
+        let mut rpc = v1::admin_client::AdminClient::new(self.client.channel(address)?);
+        let mut request = tonic::Request::new(v1::ClusterStatusRequest {});
+        request.set_timeout(timeout);
+        let r = tokio::time::timeout(timeout, rpc.cluster_status(request))
+            .await
+            .map_err(|_| {
+                crate::Error::Rpc(tonic::Status::deadline_exceeded(format!(
+                    "{address} did not answer"
+                )))
+            })?
+            .map_err(from_status)?
+            .into_inner();
+        Ok(NodeStatus {
+            node_id: r.node_id,
+            controller_leader: (r.controller_leader != 0).then_some(r.controller_leader),
+            nodes: r.nodes.into_iter().map(|n| (n.id, n.address)).collect(),
+            replicas: r
+                .replicas
+                .into_iter()
+                .map(|p| ReplicaStatus {
+                    topic: p.topic,
+                    partition: p.partition,
+                    leader: (p.leader != 0).then_some(p.leader),
+                    term: p.term,
+                    replicas: p.replicas,
+                    last_log_index: p.last_log_index,
+                    committed_index: p.committed_index,
+                    applied_index: p.applied_index,
+                    high_watermark: p.high_watermark,
+                    followers: p
+                        .followers
+                        .into_iter()
+                        .map(|f| (f.node_id, f.matched_index, f.lag))
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
     pub(crate) fn new(client: Client) -> Self {
         Admin { client }
     }

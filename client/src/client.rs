@@ -279,6 +279,22 @@ impl Client {
             .remove(topic);
     }
 
+    /// The cluster's nodes from fresh metadata: (id, client address), by id.
+    pub(crate) async fn nodes(&self) -> Result<Vec<(u64, String)>> {
+        self.refresh(&[]).await?;
+        let mut nodes: Vec<(u64, String)> = self
+            .inner
+            .cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .iter()
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        nodes.sort();
+        Ok(nodes)
+    }
+
     /// Records a leader hint from a NOT_LEADER answer, so the next request for the partition
     /// goes to that node.
     pub(crate) fn note_leader(

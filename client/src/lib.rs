@@ -42,8 +42,8 @@ mod producer;
 mod record;
 
 pub use admin::{
-    Admin, GroupDescription, GroupSummary, MemberInfo, PartitionDescription, PartitionLag,
-    TopicDescription, TopicSpec,
+    Admin, GroupDescription, GroupSummary, MemberInfo, NodeStatus, PartitionDescription,
+    PartitionLag, ReplicaStatus, TopicDescription, TopicSpec,
 };
 pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerBuilder, StartAt};

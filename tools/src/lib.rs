@@ -28,9 +28,11 @@ use clap::{Parser, Subcommand};
     version,
     about = "Strata: a replicated event store and broker for real-time analytics",
     long_about = "Strata: a replicated event store and broker for real-time analytics.\n\n\
-Start a local node with demo data: `strata dev --demo`. Then, in another terminal: \
-`strata topic list`, `strata consume sensors --follow`, `strata bench produce`.\n\n\
-Every command talks to --brokers (env STRATA_BROKERS, default 127.0.0.1:7001) and prints \
+Start a local three-node cluster with demo data: `strata dev --demo`. Then, in another \
+terminal: `strata cluster status`, `strata topic list`, `strata consume sensors --follow`, \
+`strata bench produce`.\n\n\
+Every command talks to --brokers (env STRATA_BROKERS, default the three `strata dev` nodes \
+127.0.0.1:7001-7003) and prints \
 tables for people, or one JSON object per line with --json."
 )]
 pub struct Cli {
@@ -39,7 +41,7 @@ pub struct Cli {
         long,
         global = true,
         env = "STRATA_BROKERS",
-        default_value = "127.0.0.1:7001"
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
     )]
     pub brokers: String,
     /// Machine-readable output: one JSON object per line.
@@ -53,8 +55,12 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a local node in this process (data in ./strata-data), optionally with demo data.
+    /// Run a local cluster in this process (three nodes, data in ./strata-data/node-N),
+    /// optionally with demo data.
     Dev(commands::dev::Args),
+    /// Cluster health: nodes, leaders, commit indexes, replica lag.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCommand),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(commands::topic::TopicCommand),
@@ -74,6 +80,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, cli.json).await,
+        Command::Cluster(cmd) => commands::cluster::run(cmd, &cli.brokers, cli.json).await,
         Command::Topic(cmd) => commands::topic::run(cmd, &cli.brokers, cli.json).await,
         Command::Produce(args) => commands::produce::run(args, &cli.brokers, cli.json).await,
         Command::Consume(args) => commands::consume::run(args, &cli.brokers, cli.json).await,

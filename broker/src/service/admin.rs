@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
@@ -10,6 +11,46 @@ use crate::error::Error;
 use crate::names;
 use crate::raft::{Command, CommandResult};
 use crate::topics::{MAX_PARTITIONS, Topic, TopicConfig};
+
+/// One replica's Raft state for `cluster status`.
+fn replica_status(
+    topic: &str,
+    partition: u32,
+    replicas: &[u64],
+    m: &openraft::RaftMetrics<crate::raft::TypeConfig>,
+    high_watermark: u64,
+) -> v1::ReplicaStatus {
+    let last = m.last_log_index.unwrap_or(0);
+    let followers = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, matched)| {
+                    let matched = matched.as_ref().map(|l| l.index);
+                    v1::FollowerLag {
+                        node_id: *id,
+                        matched_index: matched,
+                        lag: matched.map_or(last + 1, |i| last.saturating_sub(i)),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v1::ReplicaStatus {
+        topic: topic.to_string(),
+        partition,
+        leader: m.current_leader.unwrap_or(0),
+        term: m.current_term,
+        replicas: replicas.to_vec(),
+        last_log_index: last,
+        committed_index: m.local_committed.map_or(0, |l| l.index),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        high_watermark,
+        followers,
+    }
+}
 
 /// Waits (bounded) until every local replica of `topic` knows its leader.
 async fn wait_for_leaders(topic: &Topic, timeout: Duration) {
@@ -153,6 +194,48 @@ impl v1::admin_server::Admin for Api {
         }
         .await;
         self.finish("delete_topic", started, result)
+            .map(Response::new)
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let started = Instant::now();
+        let cluster = &self.node.cluster;
+        let mut replicas = vec![replica_status(
+            "",
+            0,
+            &cluster.current().voters(),
+            &cluster.controller().metrics().borrow_watched(),
+            0,
+        )];
+        for topic in self.node.topics.all() {
+            for p in &topic.partitions {
+                replicas.push(replica_status(
+                    &topic.name,
+                    p.id(),
+                    p.replicas(),
+                    &p.raft().metrics().borrow_watched(),
+                    p.high_watermark(),
+                ));
+            }
+        }
+        let response = v1::ClusterStatusResponse {
+            node_id: self.node.config.node_id,
+            controller_leader: cluster.controller_leader().unwrap_or(0),
+            nodes: cluster
+                .nodes()
+                .into_iter()
+                .map(|(id, address)| v1::NodeInfo {
+                    id,
+                    address,
+                    http_address: String::new(),
+                })
+                .collect(),
+            replicas,
+        };
+        self.finish("cluster_status", started, Ok(response))
             .map(Response::new)
     }
 

@@ -72,7 +72,7 @@ impl ProducerBuilder {
             batch_bytes: 1 << 20,
             acks: Acks::All,
             retries: 10,
-            retry_backoff: Duration::from_millis(100),
+            retry_backoff: Duration::from_millis(50),
             max_in_flight_bytes: 64 << 20,
             request_timeout,
             idempotent: true,
@@ -111,7 +111,7 @@ impl ProducerBuilder {
         self
     }
 
-    /// First back-off between retries; it doubles each time, up to 32 times (default 100 ms).
+    /// First back-off between retries; it doubles each time, up to 500 ms (default 50 ms).
     pub fn retry_backoff(mut self, backoff: Duration) -> Self {
         self.retry_backoff = backoff;
         self

@@ -11,8 +11,9 @@ use super::accumulator::{PartitionKey, Ready};
 use crate::error::{Error, Result, from_status};
 use crate::record::RecordMetadata;
 
-/// Longest back-off between retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest back-off between retries: a leader fail-over takes about a second, and a
+/// producer should be back within a few hundred milliseconds of it.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     if shared.settings.idempotent {

@@ -1,10 +1,12 @@
-//! `strata dev`: a local node in this process, with optional demo data.
+//! `strata dev`: a local cluster in this process (three nodes by default), with optional
+//! demo data.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::json;
+use strata_broker::config::Peers;
 use strata_broker::{Broker, Config, Fsync};
 
 use crate::{demo, output};
@@ -12,13 +14,16 @@ use crate::{demo, output};
 /// `strata dev` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where the node keeps its data.
+    /// Nodes to run (each a full node with its own Raft replicas and data directory).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Where the nodes keep their data (`<dir>/node-<id>`).
     #[arg(long, default_value = "strata-data")]
     pub data_dir: PathBuf,
-    /// gRPC address.
+    /// gRPC address of node 1; node N listens on the port N-1 above it.
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
-    /// Operator HTTP address (/health, /metrics).
+    /// Operator HTTP address (/health, /metrics) of node 1; node N on the port N-1 above.
     #[arg(long, default_value = "127.0.0.1:7101")]
     pub http: SocketAddr,
     /// Durability: always, never, or an interval such as 100ms.
@@ -32,32 +37,68 @@ pub struct Args {
     pub demo_rate: u64,
 }
 
+fn shifted(address: SocketAddr, by: u64) -> anyhow::Result<SocketAddr> {
+    let port = u64::from(address.port()) + by;
+    let port = u16::try_from(port).context("port out of range")?;
+    Ok(SocketAddr::new(address.ip(), port))
+}
+
 /// Runs `strata dev` until SIGINT or SIGTERM.
 pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
-    let config = Config {
-        listen: args.listen,
-        http: Some(args.http),
-        data_dir: args.data_dir.clone(),
-        fsync: args.fsync,
-        ..Config::default()
-    };
-    let broker = Broker::start(config).await.context("starting the node")?;
-    let address = broker.address();
+    let mut peers = std::collections::BTreeMap::new();
+    for id in 1..=args.nodes {
+        peers.insert(id, shifted(args.listen, id - 1)?.to_string());
+    }
+    let mut brokers = Vec::new();
+    for id in 1..=args.nodes {
+        let config = Config {
+            node_id: id,
+            listen: shifted(args.listen, id - 1)?,
+            http: Some(shifted(args.http, id - 1)?),
+            data_dir: args.data_dir.join(format!("node-{id}")),
+            fsync: args.fsync,
+            peers: Peers(peers.clone()),
+            ..Config::default()
+        };
+        let broker = Broker::start(config)
+            .await
+            .with_context(|| format!("starting node {id}"))?;
+        brokers.push(broker);
+    }
+    let addresses: Vec<String> = brokers.iter().map(|b| b.address().to_string()).collect();
+    let bootstrap = addresses.join(",");
     if json {
-        output::json(
-            &json!({"grpc": address.to_string(), "http": broker.http_address().map(|a| a.to_string()),
-            "data_dir": args.data_dir.display().to_string(), "demo": args.demo}),
-        );
+        output::json(&json!({
+            "nodes": brokers.iter().enumerate().map(|(i, b)| json!({
+                "id": i + 1,
+                "grpc": b.address().to_string(),
+                "http": b.http_address().map(|a| a.to_string()),
+            })).collect::<Vec<_>>(),
+            "data_dir": args.data_dir.display().to_string(),
+            "demo": args.demo,
+        }));
     } else {
+        let nodes = if args.nodes == 1 {
+            "1 node".to_string()
+        } else {
+            format!(
+                "{} nodes, replication factor {}",
+                args.nodes,
+                args.nodes.min(3)
+            )
+        };
         println!(
-            "Strata is running: 1 node, data in {}",
+            "Strata is running: {nodes}, data in {}",
             args.data_dir.display()
         );
-        println!("  gRPC     {address}   (STRATA_BROKERS={address})");
-        if let Some(http) = broker.http_address() {
-            println!("  health   http://{http}/health");
-            println!("  metrics  http://{http}/metrics");
+        for (i, b) in brokers.iter().enumerate() {
+            let http = b
+                .http_address()
+                .map(|h| format!("   health http://{h}/health   metrics http://{h}/metrics"))
+                .unwrap_or_default();
+            println!("  node {}  gRPC {}{http}", i + 1, b.address());
         }
+        println!("  STRATA_BROKERS={bootstrap}");
         if args.demo {
             println!(
                 "  demo     {} events/s of IoT readings into topic `{}`",
@@ -65,18 +106,18 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
                 demo::TOPIC
             );
             println!(
-                "\nTry, in another terminal:\n  strata topic describe sensors\n  strata consume sensors --follow\n  strata bench produce"
+                "\nTry, in another terminal:\n  strata cluster status\n  strata topic describe sensors\n  strata consume sensors --follow\n  strata bench produce"
             );
         } else {
             println!(
-                "\nTry, in another terminal:\n  strata topic create events --partitions 8\n  echo '{{\"hello\":1}}' | strata produce events\n  strata consume events"
+                "\nTry, in another terminal:\n  strata cluster status\n  strata topic create events --partitions 8\n  echo '{{\"hello\":1}}' | strata produce events\n  strata consume events"
             );
         }
         println!("\nCtrl-C stops it (data is kept).");
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let generator = if args.demo {
-        let client = strata_client::Client::connect(&address.to_string()).await?;
+        let client = strata_client::Client::connect(&bootstrap).await?;
         Some(tokio::spawn(demo::run(client, args.demo_rate, stopped)))
     } else {
         None
@@ -90,7 +131,9 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
             Ok(Ok(())) => {}
         }
     }
-    broker.shutdown().await?;
+    for broker in brokers {
+        broker.shutdown().await?;
+    }
     if !json {
         println!("stopped");
     }

@@ -1,6 +1,7 @@
 //! The `strata` subcommands.
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod dev;
 pub mod group;
