@@ -106,6 +106,8 @@ struct Report {
     seconds: f64,
     /// Latencies in microseconds, if measured.
     latency: Option<Histogram<u64>>,
+    /// The longest time between two acknowledgements (produce).
+    max_ack_gap: Option<Duration>,
 }
 
 fn print_report(mode: &str, args: &Args, r: &Report, json: bool) {
@@ -119,7 +121,8 @@ fn print_report(mode: &str, args: &Args, r: &Report, json: bool) {
         output::json(
             &json!({"mode": mode, "topic": args.topic, "record_size": args.record_size, "producers": args.producers,
             "records": r.records, "bytes": r.bytes, "seconds": r.seconds, "records_per_sec": records_per_sec,
-            "mb_per_sec": mb_per_sec, "latency": latency}),
+            "mb_per_sec": mb_per_sec, "latency": latency,
+            "max_ack_gap_ms": r.max_ack_gap.map(|g| g.as_secs_f64() * 1000.0)}),
         );
     } else {
         println!(
@@ -133,6 +136,12 @@ fn print_report(mode: &str, args: &Args, r: &Report, json: bool) {
                 ms(h, 0.99),
                 ms(h, 0.999),
                 h.max() as f64 / 1000.0
+            );
+        }
+        if let Some(gap) = r.max_ack_gap {
+            println!(
+                "longest time without an acknowledgement: {:.1} ms",
+                gap.as_secs_f64() * 1000.0
             );
         }
     }
@@ -244,6 +253,9 @@ async fn produce(
                     // record acknowledged early must not wait behind a slower partition.
                     let mut h = histogram();
                     let mut failures = 0u64;
+                    // The longest stretch without an acknowledgement (a fail-over shows here).
+                    let mut last_ack: Option<Instant> = None;
+                    let mut max_gap = Duration::ZERO;
                     let mut pending = futures_util::stream::FuturesUnordered::new();
                     let mut open = true;
                     while open || !pending.is_empty() {
@@ -256,6 +268,11 @@ async fn produce(
                                 Ok(_) => {
                                     h.saturating_record(sent.elapsed().as_micros() as u64);
                                     acked.fetch_add(1, Ordering::Relaxed);
+                                    let now = Instant::now();
+                                    if let Some(last) = last_ack {
+                                        max_gap = max_gap.max(now - last);
+                                    }
+                                    last_ack = Some(now);
                                 }
                                 Err(e) => {
                                     failures += 1;
@@ -266,7 +283,7 @@ async fn produce(
                             },
                         }
                     }
-                    (h, failures)
+                    (h, failures, max_gap)
                 })
             };
             let mut n = 0u64;
@@ -293,8 +310,8 @@ async fn produce(
             }
             drop(tx);
             producer.close().await?;
-            let (h, failures) = acker.await?;
-            anyhow::Ok((n, h, failures))
+            let (h, failures, gap) = acker.await?;
+            anyhow::Ok((n, h, failures, gap))
         }));
     }
     let ticker = {
@@ -307,11 +324,12 @@ async fn produce(
         })
     };
     let mut latency = histogram();
-    let (mut sent, mut failures) = (0, 0);
+    let (mut sent, mut failures, mut max_gap) = (0, 0, Duration::ZERO);
     for task in tasks {
-        let (n, h, f) = task.await??;
+        let (n, h, f, gap) = task.await??;
         sent += n;
         failures += f;
+        max_gap = max_gap.max(gap);
         latency
             .add(&h)
             .map_err(|e| anyhow::anyhow!("merging histograms: {e}"))?;
@@ -328,6 +346,7 @@ async fn produce(
         bytes: records * args.record_size,
         seconds,
         latency: Some(latency),
+        max_ack_gap: Some(max_gap),
     })
 }
 
@@ -396,6 +415,7 @@ async fn consume(client: &Client, args: &Args, quiet: bool) -> anyhow::Result<Re
         bytes,
         seconds,
         latency: None,
+        max_ack_gap: None,
     })
 }
 
@@ -471,5 +491,6 @@ async fn e2e(client: &Client, args: &Args, quiet: bool) -> anyhow::Result<Report
         bytes,
         seconds: started.elapsed().as_secs_f64(),
         latency: Some(latency),
+        max_ack_gap: None,
     })
 }
