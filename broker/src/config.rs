@@ -180,7 +180,7 @@ impl Default for Config {
             peers: Peers::default(),
             advertise: None,
             raft_heartbeat_ms: 100,
-            raft_election_timeout_ms: 500,
+            raft_election_timeout_ms: 300,
         }
     }
 }

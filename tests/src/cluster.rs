@@ -240,7 +240,7 @@ impl TestCluster {
     pub async fn wait_serving(&self, id: u64) {
         let address = self.node(id).address.to_string();
         let node = self.node(id);
-        let serving = tokio::time::timeout(Duration::from_secs(30), async {
+        let serving = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
                 if let Ok(client) = Client::connect(&address).await
                     && client.admin().list_topics().await.is_ok()

@@ -157,8 +157,8 @@ impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
             heartbeat_ms: 100,
-            election_min_ms: 500,
-            election_max_ms: 900,
+            election_min_ms: 400,
+            election_max_ms: 720,
             snapshot_every: 4096,
         }
     }

@@ -60,6 +60,7 @@ pub struct ProducerBuilder {
     retry_backoff: Duration,
     max_in_flight_bytes: usize,
     request_timeout: Duration,
+    delivery_timeout: Duration,
     pub(crate) idempotent: bool,
 }
 
@@ -71,10 +72,11 @@ impl ProducerBuilder {
             linger: Duration::from_millis(5),
             batch_bytes: 1 << 20,
             acks: Acks::All,
-            retries: 10,
-            retry_backoff: Duration::from_millis(50),
+            retries: 10_000,
+            retry_backoff: Duration::from_millis(20),
             max_in_flight_bytes: 64 << 20,
             request_timeout,
+            delivery_timeout: Duration::from_secs(60),
             idempotent: true,
         }
     }
@@ -105,13 +107,14 @@ impl ProducerBuilder {
         self
     }
 
-    /// Retries of a retriable failure (default 10).
+    /// Retries of a retriable failure at most (default 10,000: retries are bounded by
+    /// [`Self::delivery_timeout`] first).
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
     }
 
-    /// First back-off between retries; it doubles each time, up to 500 ms (default 50 ms).
+    /// First back-off between retries; it doubles each time, up to 200 ms (default 20 ms).
     pub fn retry_backoff(mut self, backoff: Duration) -> Self {
         self.retry_backoff = backoff;
         self
@@ -120,6 +123,13 @@ impl ProducerBuilder {
     /// Memory for records not yet acknowledged; `send` waits when it is spent (default 64 MiB).
     pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
         self.max_in_flight_bytes = bytes.max(1);
+        self
+    }
+
+    /// How long a batch may take, retries included, before it fails (default 60 s). A leader
+    /// fail-over takes about a second; retries go on through it.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
         self
     }
 

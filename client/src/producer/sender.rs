@@ -11,9 +11,9 @@ use super::accumulator::{PartitionKey, Ready};
 use crate::error::{Error, Result, from_status};
 use crate::record::RecordMetadata;
 
-/// Longest back-off between retries: a leader fail-over takes about a second, and a
-/// producer should be back within a few hundred milliseconds of it.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest back-off between retries: a leader fail-over takes under a second, and a
+/// producer should be back within a fraction of a second of the new leader.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     if shared.settings.idempotent {
@@ -103,12 +103,15 @@ async fn acquire_identity(shared: &Shared) {
 async fn deliver(shared: &Shared, key: &PartitionKey, ready: &Ready) -> Result<u64> {
     let settings = &shared.settings;
     let mut attempt = 0;
+    let deadline = Instant::now() + settings.delivery_timeout;
     loop {
         attempt += 1;
         let result = produce_once(shared, key, ready).await;
         match result {
             Ok(base) => return Ok(base),
-            Err(e) if e.is_retriable() && attempt <= settings.retries => {
+            Err(e)
+                if e.is_retriable() && attempt <= settings.retries && Instant::now() < deadline =>
+            {
                 tracing::debug!(topic = %key.0, partition = key.1, attempt, error = %e, "retrying a batch");
                 settings.client.on_error(&key.0, key.1, &e);
                 if matches!(&e, Error::Broker(b) if b.leader_hint.is_some()) {
