@@ -152,6 +152,15 @@ impl Cluster {
         self.controller.metrics().borrow_watched().current_leader
     }
 
+    /// Whether this node's controller replica has applied an entry of its current term (for
+    /// a new leader: everything committed before it was elected).
+    pub fn controller_caught_up(&self) -> bool {
+        let m = self.controller.metrics();
+        let m = m.borrow_watched();
+        m.last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term)
+    }
+
     /// A node's client address, if it registered one.
     pub fn address_of(&self, node: u64) -> Option<String> {
         self.state

@@ -133,18 +133,14 @@ impl Broker {
             cluster.state(),
         )?);
         topics.reconcile().await?;
-        let groups = {
-            let (config, topics) = (config.clone(), topics.clone());
-            tokio::task::spawn_blocking(move || {
-                let bounds = (
-                    Duration::from_millis(config.group_min_session_timeout_ms),
-                    Duration::from_millis(config.group_max_session_timeout_ms),
-                );
-                Coordinator::open(&config.data_dir, topics, bounds)
-            })
-            .await
-            .map_err(|e| Error::Unavailable(format!("startup task failed: {e}")))??
-        };
+        let groups = Coordinator::new(
+            topics.clone(),
+            cluster.clone(),
+            (
+                Duration::from_millis(config.group_min_session_timeout_ms),
+                Duration::from_millis(config.group_max_session_timeout_ms),
+            ),
+        );
         let node = Arc::new(Node::new(
             config,
             topics,

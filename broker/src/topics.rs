@@ -441,11 +441,6 @@ pub(crate) async fn start_group<SM>(
     }
 }
 
-/// Writes `path` atomically (see [`crate::fsutil::write_atomically`]).
-pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::fsutil::write_atomically(dir, path, bytes).map_err(|e| Error::io(path, e))
-}
-
 fn sync_dir(dir: &Path) -> Result<()> {
     crate::fsutil::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }

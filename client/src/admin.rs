@@ -253,10 +253,29 @@ impl Admin {
         ))
     }
 
-    fn groups(&self) -> Result<v1::groups_client::GroupsClient<Channel>> {
-        Ok(v1::groups_client::GroupsClient::new(
-            self.client.any_channel()?,
-        ))
+    /// Runs a group request against the group coordinator (the controller's leader),
+    /// following its NOT_LEADER hint and retrying a few times while it moves.
+    async fn with_coordinator<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(v1::groups_client::GroupsClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let rpc =
+                v1::groups_client::GroupsClient::new(self.client.coordinator_channel().await?);
+            match call(rpc).await {
+                Ok(value) => return Ok(value),
+                Err(status) => {
+                    let e = self.client.coordinator_failed(from_status(status));
+                    if !e.is_retriable() || attempt >= 10 {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     /// Creates a topic.
@@ -332,10 +351,10 @@ impl Admin {
     /// All groups.
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
         let response = self
-            .groups()?
-            .list_groups(v1::ListGroupsRequest {})
-            .await
-            .map_err(from_status)?;
+            .with_coordinator(
+                |mut rpc| async move { rpc.list_groups(v1::ListGroupsRequest {}).await },
+            )
+            .await?;
         Ok(response
             .into_inner()
             .groups
@@ -352,12 +371,13 @@ impl Admin {
     /// A group's members, assignment, committed offsets and lag.
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
         let response = self
-            .groups()?
-            .describe_group(v1::DescribeGroupRequest {
-                group: group.to_string(),
+            .with_coordinator(|mut rpc| async move {
+                rpc.describe_group(v1::DescribeGroupRequest {
+                    group: group.to_string(),
+                })
+                .await
             })
-            .await
-            .map_err(from_status)?;
+            .await?;
         let r = response.into_inner();
         let s = r.summary.unwrap_or_default();
         Ok(GroupDescription {
@@ -398,13 +418,14 @@ impl Admin {
     /// A group's committed offsets: (topic, partition, offset).
     pub async fn committed_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>> {
         let response = self
-            .groups()?
-            .fetch_offsets(v1::FetchOffsetsRequest {
-                group: group.to_string(),
-                partitions: Vec::new(),
+            .with_coordinator(|mut rpc| async move {
+                rpc.fetch_offsets(v1::FetchOffsetsRequest {
+                    group: group.to_string(),
+                    partitions: Vec::new(),
+                })
+                .await
             })
-            .await
-            .map_err(from_status)?;
+            .await?;
         Ok(response
             .into_inner()
             .offsets

@@ -52,6 +52,8 @@ struct Cluster {
     /// The last broker that answered a metadata request: requests any node can answer go
     /// there first.
     last_good: Option<String>,
+    /// The node coordinating consumer groups (the controller's leader), when known.
+    coordinator: Option<u64>,
 }
 
 /// A connection to a Strata cluster. Cheap to clone; clones share connections and metadata.
@@ -227,6 +229,7 @@ impl Client {
             .into_iter()
             .map(|n| (n.id, n.address))
             .collect();
+        cluster.coordinator = (metadata.controller_id != 0).then_some(metadata.controller_id);
         if all {
             cluster.topics.clear();
         }
@@ -334,6 +337,47 @@ impl Client {
             ),
             _ => self.invalidate(topic),
         }
+    }
+
+    /// The channel to the node coordinating consumer groups (the controller's leader),
+    /// from metadata; any broker if none is known yet (it answers with a hint).
+    pub(crate) async fn coordinator_channel(&self) -> Result<Channel> {
+        let known = |c: &Self| {
+            let cluster = c.inner.cluster.read().unwrap_or_else(|p| p.into_inner());
+            cluster
+                .coordinator
+                .and_then(|id| cluster.nodes.get(&id).cloned())
+        };
+        if let Some(address) = known(self) {
+            return self.channel(&address);
+        }
+        self.refresh(&[]).await?;
+        match known(self) {
+            Some(address) => self.channel(&address),
+            None => self.any_channel(),
+        }
+    }
+
+    /// Takes note of a failed group request: a NOT_LEADER hint names the coordinator;
+    /// any other failure makes the next request look it up again.
+    pub(crate) fn coordinator_failed(&self, error: Error) -> Error {
+        let mut cluster = self
+            .inner
+            .cluster
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match &error {
+            Error::Broker(b) if b.leader_hint.is_some() => {
+                let leader = b.leader_hint.unwrap_or_default();
+                if let Some(address) = &b.leader_address {
+                    cluster.nodes.insert(leader, address.clone());
+                }
+                cluster.coordinator = Some(leader);
+            }
+            e if e.is_retriable() => cluster.coordinator = None,
+            _ => {}
+        }
+        error
     }
 
     /// Allocates an idempotent producer id: (id, epoch).

@@ -109,6 +109,8 @@ impl Error {
                     | tonic::Code::DeadlineExceeded
                     | tonic::Code::Unknown
                     | tonic::Code::Aborted
+                    // A connection closed under the request (the broker died).
+                    | tonic::Code::Cancelled
             ),
             Error::Connect { .. } => true,
             _ => false,

@@ -341,6 +341,27 @@ async fn t32_an_isolated_node_acknowledges_nothing_and_catches_up_after_healing(
     assert_same_logs(&mut cluster, "cut", 1);
 }
 
+/// Sends a batch to the partition's leader with the raw API, following leadership while it
+/// moves (an election, or the balancer handing it to the preferred replica): the answer
+/// that is not NOT_LEADER/UNAVAILABLE.
+async fn produce_to_leader(
+    cluster: &TestCluster,
+    topic: &str,
+    batch: bytes::Bytes,
+) -> Result<u64, strata_proto::v1::ErrorCode> {
+    use strata_proto::v1::ErrorCode;
+    for _ in 0..50 {
+        let leader = cluster.node(cluster.leader_of(topic, 0).await).address;
+        match raw_produce(leader, topic, batch.clone(), 10_000).await {
+            Err(ErrorCode::NotLeader | ErrorCode::Unavailable) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer => return answer,
+        }
+    }
+    panic!("no stable leader for {topic}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t33_a_retried_batch_whose_answer_was_lost_is_stored_once() {
     use strata_proto::v1;
@@ -358,41 +379,29 @@ async fn t33_a_retried_batch_whose_answer_was_lost_is_stored_once() {
         .into_inner();
     let (pid, epoch) = (id.producer_id, id.producer_epoch as i16);
     assert!(pid > 0);
+    let send = async |value: &str, epoch: i16, seq: i32| {
+        produce_to_leader(&cluster, "once", batch(value, Some((pid, epoch, seq)))).await
+    };
 
-    let first = raw_produce(leader, "once", batch("a", Some((pid, epoch, 0))), 10_000).await;
+    let first = send("a", epoch, 0).await;
     // The answer is "lost": the producer sends the same batch again, twice at once.
-    let again = batch("a", Some((pid, epoch, 0)));
-    let (r1, r2) = tokio::join!(
-        raw_produce(leader, "once", again.clone(), 10_000),
-        raw_produce(leader, "once", again, 10_000)
-    );
+    let (r1, r2) = tokio::join!(send("a", epoch, 0), send("a", epoch, 0));
     assert_eq!(first, Ok(0));
     assert_eq!(r1, Ok(0));
     assert_eq!(r2, Ok(0));
     // The next batch continues the sequence; a gap is refused; an older epoch is fenced.
-    let next = raw_produce(leader, "once", batch("b", Some((pid, epoch, 1))), 10_000).await;
-    assert_eq!(next, Ok(1));
-    let gap = raw_produce(leader, "once", batch("c", Some((pid, epoch, 5))), 10_000).await;
-    assert_eq!(gap, Err(v1::ErrorCode::OutOfOrderSequence));
-    let bumped = raw_produce(
-        leader,
-        "once",
-        batch("d", Some((pid, epoch + 1, 0))),
-        10_000,
-    )
-    .await;
-    assert_eq!(bumped, Ok(2));
-    let fenced = raw_produce(leader, "once", batch("e", Some((pid, epoch, 2))), 10_000).await;
-    assert_eq!(fenced, Err(v1::ErrorCode::ProducerFenced));
-    // A retry of the first batch, answered from the replicated producer state.
-    let late = raw_produce(
-        leader,
-        "once",
-        batch("d", Some((pid, epoch + 1, 0))),
-        10_000,
-    )
-    .await;
-    assert_eq!(late, Ok(2));
+    assert_eq!(send("b", epoch, 1).await, Ok(1));
+    assert_eq!(
+        send("c", epoch, 5).await,
+        Err(v1::ErrorCode::OutOfOrderSequence)
+    );
+    assert_eq!(send("d", epoch + 1, 0).await, Ok(2));
+    assert_eq!(
+        send("e", epoch, 2).await,
+        Err(v1::ErrorCode::ProducerFenced)
+    );
+    // A retry of an earlier batch, answered from the replicated producer state.
+    assert_eq!(send("d", epoch + 1, 0).await, Ok(2));
 
     let t = client.admin().describe_topic("once").await.unwrap();
     assert_eq!(t.partitions[0].high_watermark, 3);
@@ -583,4 +592,87 @@ async fn t35_random_faults_lose_and_duplicate_nothing() {
     let values = read_values(&client, "chaos", stored).await;
     check_acknowledged(&values, &acked);
     assert_same_logs(&mut cluster, "chaos", 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t36_group_offsets_survive_the_loss_of_the_coordinator() {
+    let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client.admin().create_topic("grp", rf3(4)).await.unwrap();
+    let producer = client.producer().build();
+    let send = async |from: u32, to: u32| {
+        let mut acks = Vec::new();
+        for i in from..to {
+            acks.push(
+                producer
+                    .send(ProducerRecord::new("grp", i.to_string()).partition(i % 4))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    };
+    send(0, 400).await;
+    let mut consumer = client
+        .consumer()
+        .group("g")
+        .topic("grp")
+        .auto_commit(None)
+        .start_at(StartAt::Earliest)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..400 {
+        next_record(&mut consumer).await;
+    }
+    consumer.commit().await.unwrap();
+    drop(consumer);
+
+    // The coordinator is the controller's leader: kill it.
+    let status = client
+        .admin()
+        .node_status(&cluster.node(1).address.to_string(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let coordinator = status.controller_leader.expect("a controller leader");
+    cluster.kill(coordinator);
+    let survivors = (1..=3)
+        .filter(|id| *id != coordinator)
+        .map(|id| cluster.node(id).address.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = strata_client::Client::connect(&survivors).await.unwrap();
+    let committed = eventually(
+        Duration::from_secs(30),
+        "offsets from the new coordinator",
+        async || client.admin().committed_offsets("g").await.ok(),
+    )
+    .await;
+    assert_eq!(committed.len(), 4);
+    assert!(committed.iter().all(|(_, _, o)| *o == 100), "{committed:?}");
+
+    // A member of the group resumes after the committed offsets.
+    send(400, 440).await;
+    let mut consumer = client
+        .consumer()
+        .group("g")
+        .topic("grp")
+        .start_at(StartAt::Earliest)
+        .build()
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for _ in 0..40 {
+        let r = next_record(&mut consumer).await;
+        values.push(
+            std::str::from_utf8(r.value.as_deref().unwrap())
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+        );
+    }
+    values.sort_unstable();
+    assert_eq!(values, (400..440).collect::<Vec<_>>());
 }

@@ -1,8 +1,10 @@
-//! Consumer groups: the coordinator that runs [`membership`] for every group of this node
-//! and keeps their committed offsets durably.
+//! Consumer groups: the coordinator that runs [`membership`] for every group, on the node
+//! that leads the controller (other nodes answer group requests with NOT_LEADER and its
+//! address).
 //!
-//! Membership lives in memory (after a restart members rejoin); offsets live in
-//! `<data_dir>/groups/<group>.json`, replaced atomically at each commit. A background sweep
+//! Membership lives in memory (after a restart or a controller fail-over members rejoin);
+//! committed offsets live in the controller's replicated state (`Command::CommitOffsets`),
+//! so they survive any single node. A background sweep
 //! expires silent members and completes rebalances whose deadline passed; joins wait on a
 //! `watch` channel that moves at every change of their group.
 
@@ -10,7 +12,6 @@ pub mod assign;
 pub mod membership;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,11 @@ use tokio::sync::watch;
 
 use self::assign::Assignment;
 use self::membership::{Group, State};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::names;
-use crate::topics::{Topics, write_atomically};
+use crate::raft::{Command, CommandResult};
+use crate::topics::Topics;
 
 /// Session time-out used when a member asks for none.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,10 +99,8 @@ struct GroupHandle {
     state: Mutex<Group>,
     /// Moves at every change of the group; joins wait on it.
     changed: watch::Sender<u64>,
-    offsets: tokio::sync::Mutex<Offsets>,
-    /// A copy of `offsets` readable without waiting for a commit in progress.
-    committed: Mutex<Offsets>,
-    path: PathBuf,
+    /// Serializes the group's commits.
+    committing: tokio::sync::Mutex<()>,
 }
 
 impl GroupHandle {
@@ -112,67 +113,69 @@ impl GroupHandle {
     }
 }
 
-/// The groups of this node.
+/// The consumer groups coordinated by this node (the controller's leader): membership in
+/// memory, committed offsets in the controller's replicated state.
 pub struct Coordinator {
-    dir: PathBuf,
     topics: Arc<Topics>,
+    cluster: Arc<Cluster>,
     groups: Mutex<HashMap<String, Arc<GroupHandle>>>,
     session_bounds: (Duration, Duration),
 }
 
 impl Coordinator {
-    /// Loads the committed offsets of every group under `<data_dir>/groups`.
-    pub(crate) fn open(
-        data_dir: &Path,
+    /// A coordinator over the cluster's topics; offsets are read from and committed to the
+    /// controller.
+    pub(crate) fn new(
         topics: Arc<Topics>,
+        cluster: Arc<Cluster>,
         session_bounds: (Duration, Duration),
-    ) -> Result<Coordinator> {
-        let dir = data_dir.join("groups");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let mut groups = HashMap::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-            else {
-                continue; // a leftover temporary file
-            };
-            if names::validate(name).is_err() {
-                continue;
-            }
-            let offsets = read_offsets(&path)?;
-            groups.insert(
-                name.to_string(),
-                Arc::new(new_handle(name, path.clone(), offsets)),
-            );
-        }
-        Ok(Coordinator {
-            dir,
+    ) -> Coordinator {
+        Coordinator {
             topics,
-            groups: Mutex::new(groups),
+            cluster,
+            groups: Mutex::new(HashMap::new()),
             session_bounds,
-        })
+        }
     }
 
     fn handle(&self, group: &str) -> Result<Arc<GroupHandle>> {
         names::validate(group)?;
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let path = self.dir.join(format!("{group}.json"));
         Ok(groups
             .entry(group.to_string())
-            .or_insert_with(|| Arc::new(new_handle(group, path, Offsets::new())))
+            .or_insert_with(|| Arc::new(new_handle(group)))
             .clone())
     }
 
+    /// A group with members here or with offsets in the controller.
     fn existing(&self, group: &str) -> Result<Arc<GroupHandle>> {
-        self.groups
+        if let Some(h) = self
+            .groups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(group)
-            .cloned()
-            .ok_or_else(|| Error::UnknownGroup(group.to_string()))
+        {
+            return Ok(h.clone());
+        }
+        if self.cluster.current().offsets.contains_key(group) {
+            return self.handle(group);
+        }
+        Err(Error::UnknownGroup(group.to_string()))
+    }
+
+    /// The group's committed offsets, from the controller's state.
+    fn stored(&self, group: &str) -> Offsets {
+        self.cluster
+            .current()
+            .offsets
+            .get(group)
+            .map(|topics| {
+                topics
+                    .iter()
+                    .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| ((t.clone(), *p), *o)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn partitions(&self) -> impl Fn(&str) -> u32 + '_ {
@@ -318,35 +321,30 @@ impl Coordinator {
         let handle = self.handle(group)?;
         handle.lock().check_commit(member, generation)?;
         for (topic, partition, _) in &offsets {
-            self.topics.get(topic)?.partition(*partition)?;
+            if *partition >= self.topics.get(topic)?.partition_count() {
+                return Err(Error::UnknownPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                });
+            }
         }
-        let mut stored = handle.offsets.lock().await;
-        let mut next = stored.clone();
-        for (topic, partition, offset) in offsets {
-            next.insert((topic, partition), offset);
+        let _one = handle.committing.lock().await;
+        let command = Command::CommitOffsets {
+            group: group.to_string(),
+            offsets,
+        };
+        match self.cluster.propose(command, COMMIT_TIMEOUT).await? {
+            CommandResult::Ok => Ok(()),
+            other => Err(Error::Unavailable(format!(
+                "unexpected controller answer {other:?}"
+            ))),
         }
-        let path = handle.path.clone();
-        let dir = self.dir.clone();
-        let to_write = next.clone();
-        tokio::task::spawn_blocking(move || write_offsets(&dir, &path, &to_write))
-            .await
-            .map_err(|e| Error::Unavailable(format!("offset commit task failed: {e}")))??;
-        *handle.committed.lock().unwrap_or_else(|p| p.into_inner()) = next.clone();
-        *stored = next;
-        Ok(())
     }
 
     /// Committed offsets of a group, for the given partitions (all if none are given).
     pub fn committed(&self, group: &str, partitions: &[(String, u32)]) -> Result<Offsets> {
         names::validate(group)?;
-        let Ok(handle) = self.existing(group) else {
-            return Ok(Offsets::new());
-        };
-        let all = handle
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let all = self.stored(group);
         if partitions.is_empty() {
             return Ok(all);
         }
@@ -359,20 +357,24 @@ impl Coordinator {
     /// Name, state, members and generation of every group.
     pub fn list(&self) -> Vec<(String, &'static str, usize, u64)> {
         let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<_> = groups
+        let mut out: BTreeMap<String, (&'static str, usize, u64)> = groups
             .iter()
             .map(|(name, h)| {
                 let g = h.lock();
                 (
                     name.clone(),
-                    g.state().name(),
-                    g.members().len(),
-                    g.generation(),
+                    (g.state().name(), g.members().len(), g.generation()),
                 )
             })
             .collect();
-        out.sort();
-        out
+        // Groups with committed offsets and no members here (e.g. after a fail-over).
+        for name in self.cluster.current().offsets.keys() {
+            out.entry(name.clone())
+                .or_insert_with(|| (Group::new(name).state().name(), 0, 0));
+        }
+        out.into_iter()
+            .map(|(name, (state, members, generation))| (name, state, members, generation))
+            .collect()
     }
 
     /// Members, assignment, committed offsets and lag of a group.
@@ -414,11 +416,7 @@ impl Coordinator {
                 subscribed,
             )
         };
-        let committed = handle
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let committed = self.stored(group);
         let mut keys: BTreeSet<(String, u32)> = committed.keys().cloned().collect();
         for topic in &subscribed {
             for p in 0..self.topics.partition_count(topic) {
@@ -458,16 +456,17 @@ impl Coordinator {
     }
 }
 
-fn new_handle(name: &str, path: PathBuf, offsets: Offsets) -> GroupHandle {
+fn new_handle(name: &str) -> GroupHandle {
     let (changed, _) = watch::channel(0);
     GroupHandle {
         state: Mutex::new(Group::new(name)),
         changed,
-        committed: Mutex::new(offsets.clone()),
-        offsets: tokio::sync::Mutex::new(offsets),
-        path,
+        committing: tokio::sync::Mutex::new(()),
     }
 }
+
+/// How long an offset commit waits for the controller.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A member id unique on this node: the client's name, the time and a counter.
 fn new_member_id(client: &str) -> String {
@@ -491,33 +490,4 @@ fn sanitize(client_id: &str) -> String {
     } else {
         s
     }
-}
-
-/// The file form of a group's offsets: topic → partition → offset.
-type OffsetFile = BTreeMap<String, BTreeMap<u32, u64>>;
-
-fn read_offsets(path: &Path) -> Result<Offsets> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let file: OffsetFile = serde_json::from_str(&text).map_err(|e| {
-        Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
-    })?;
-    Ok(file
-        .into_iter()
-        .flat_map(|(t, ps)| ps.into_iter().map(move |(p, o)| ((t.clone(), p), o)))
-        .collect())
-}
-
-fn write_offsets(dir: &Path, path: &Path, offsets: &Offsets) -> Result<()> {
-    let mut file = OffsetFile::new();
-    for ((topic, partition), offset) in offsets {
-        file.entry(topic.clone())
-            .or_default()
-            .insert(*partition, *offset);
-    }
-    let json =
-        serde_json::to_vec_pretty(&file).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
-    write_atomically(dir, path, &json)
 }

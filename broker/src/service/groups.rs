@@ -19,6 +19,30 @@ fn to_proto(assignment: &Assignment) -> Vec<v1::TopicPartitions> {
         .collect()
 }
 
+impl Api {
+    /// Groups are coordinated by the controller's leader; other nodes point there.
+    fn check_coordinator(&self) -> Result<(), Error> {
+        let cluster = &self.node.cluster;
+        let leader = cluster.controller_leader();
+        if leader == Some(self.node.config.node_id) {
+            // A new leader answers only once it has applied every earlier term's entries, so
+            // that the offsets it reads are all the committed ones.
+            return if cluster.controller_caught_up() {
+                Ok(())
+            } else {
+                Err(Error::Unavailable(
+                    "the new group coordinator is catching up".into(),
+                ))
+            };
+        }
+        Err(Error::NotLeader {
+            what: "consumer groups (the controller)".into(),
+            leader,
+            address: leader.and_then(|l| cluster.address_of(l)),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl v1::groups_server::Groups for Api {
     async fn join_group(
@@ -26,6 +50,9 @@ impl v1::groups_server::Groups for Api {
         request: Request<v1::JoinGroupRequest>,
     ) -> Result<Response<v1::JoinGroupResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.check_coordinator() {
+            return self.finish("groups", started, Err(e));
+        }
         let r = request.into_inner();
         let result = async {
             self.check_serving()?;
@@ -58,6 +85,9 @@ impl v1::groups_server::Groups for Api {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.check_coordinator() {
+            return self.finish("groups", started, Err(e));
+        }
         let r = request.into_inner();
         let result = self
             .node
@@ -72,6 +102,9 @@ impl v1::groups_server::Groups for Api {
         request: Request<v1::LeaveGroupRequest>,
     ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.check_coordinator() {
+            return self.finish("groups", started, Err(e));
+        }
         let r = request.into_inner();
         let result = self
             .node
@@ -87,6 +120,9 @@ impl v1::groups_server::Groups for Api {
         request: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.check_coordinator() {
+            return self.finish("groups", started, Err(e));
+        }
         let r = request.into_inner();
         let offsets = r
             .offsets
@@ -108,6 +144,9 @@ impl v1::groups_server::Groups for Api {
         request: Request<v1::FetchOffsetsRequest>,
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.check_coordinator() {
+            return self.finish("groups", started, Err(e));
+        }
         let r = request.into_inner();
         let wanted: Vec<(String, u32)> = r
             .partitions
@@ -137,6 +176,9 @@ impl v1::groups_server::Groups for Api {
         _request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.check_coordinator() {
+            return self.finish("groups", started, Err(e));
+        }
         let groups = self
             .node
             .groups
@@ -162,6 +204,9 @@ impl v1::groups_server::Groups for Api {
         request: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.check_coordinator() {
+            return self.finish("groups", started, Err(e));
+        }
         let group = request.into_inner().group;
         let result = self
             .node

@@ -238,14 +238,17 @@ impl Shared {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut rpc = v1::groups_client::GroupsClient::new(self.settings.client.any_channel()?);
+        let client = &self.settings.client;
+        let mut rpc = v1::groups_client::GroupsClient::new(client.coordinator_channel().await?);
         let request = v1::CommitOffsetsRequest {
             group: group.clone(),
             member_id,
             generation,
             offsets,
         };
-        rpc.commit_offsets(request).await.map_err(from_status)?;
+        rpc.commit_offsets(request)
+            .await
+            .map_err(|s| client.coordinator_failed(from_status(s)))?;
         Ok(())
     }
 }

@@ -92,7 +92,8 @@ async fn assignment(shared: &Shared, member_id: &mut String) -> Result<Vec<(Arc<
     let Some(group) = &settings.group else {
         return Err(Error::InvalidConfig("no group".into()));
     };
-    let mut rpc = v1::groups_client::GroupsClient::new(settings.client.any_channel()?);
+    let mut rpc =
+        v1::groups_client::GroupsClient::new(settings.client.coordinator_channel().await?);
     let request = v1::JoinGroupRequest {
         group: group.clone(),
         member_id: member_id.clone(),
@@ -104,7 +105,7 @@ async fn assignment(shared: &Shared, member_id: &mut String) -> Result<Vec<(Arc<
     let joined = match rpc.join_group(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
-            let e = from_status(status);
+            let e = settings.client.coordinator_failed(from_status(status));
             if e.code() == Some(ErrorCode::UnknownMember) {
                 member_id.clear(); // expired: join as a new member
             }
@@ -132,7 +133,8 @@ async fn start_positions(
     let settings = &shared.settings;
     let mut positions = HashMap::new();
     if let Some(group) = &settings.group {
-        let mut rpc = v1::groups_client::GroupsClient::new(settings.client.any_channel()?);
+        let mut rpc =
+            v1::groups_client::GroupsClient::new(settings.client.coordinator_channel().await?);
         let mut wanted: BTreeMap<Arc<str>, Vec<u32>> = BTreeMap::new();
         for (t, p) in assignment {
             wanted.entry(t.clone()).or_default().push(*p);
@@ -150,7 +152,7 @@ async fn start_positions(
         for o in rpc
             .fetch_offsets(request)
             .await
-            .map_err(from_status)?
+            .map_err(|s| settings.client.coordinator_failed(from_status(s)))?
             .into_inner()
             .offsets
         {
@@ -357,7 +359,8 @@ async fn send_heartbeat(shared: &Shared) -> Result<bool> {
     let Some((member_id, generation)) = lock(&shared.membership).clone() else {
         return Ok(true);
     };
-    let mut rpc = v1::groups_client::GroupsClient::new(shared.settings.client.any_channel()?);
+    let client = &shared.settings.client;
+    let mut rpc = v1::groups_client::GroupsClient::new(client.coordinator_channel().await?);
     let request = v1::HeartbeatRequest {
         group: group.clone(),
         member_id,
@@ -366,7 +369,7 @@ async fn send_heartbeat(shared: &Shared) -> Result<bool> {
     Ok(rpc
         .heartbeat(request)
         .await
-        .map_err(from_status)?
+        .map_err(|s| client.coordinator_failed(from_status(s)))?
         .into_inner()
         .rejoin)
 }
@@ -378,7 +381,7 @@ async fn leave(shared: &Shared, member_id: &str) {
     if member_id.is_empty() || !shared.settings.assigned.is_empty() {
         return;
     }
-    if let Ok(channel) = shared.settings.client.any_channel() {
+    if let Ok(channel) = shared.settings.client.coordinator_channel().await {
         let mut rpc = v1::groups_client::GroupsClient::new(channel);
         let _ = rpc
             .leave_group(v1::LeaveGroupRequest {

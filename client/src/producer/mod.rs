@@ -236,7 +236,20 @@ impl Producer {
             return Err(Error::Closed);
         }
         let client = &self.shared.settings.client;
-        let topic = client.topic(&record.topic).await?;
+        // Metadata may be briefly out of reach (a broker died under the request): wait for
+        // it like a retry would, up to the delivery time-out.
+        let deadline = std::time::Instant::now() + self.shared.settings.delivery_timeout;
+        let mut backoff = self.shared.settings.retry_backoff;
+        let topic = loop {
+            match client.topic(&record.topic).await {
+                Ok(topic) => break topic,
+                Err(e) if e.is_retriable() && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let partitions = topic.leaders.len() as u32;
         let topic_name = topic.name.clone();
         let partition = match (record.partition, &record.key) {
