@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
 use tokio::sync::watch;
 
-use super::partition_sm::{SnapshotFile, StateSnapshotBuilder};
+use super::snapshot::{MachineState, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
 use super::{Applied, Batch, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::topics::{MAX_PARTITIONS, TopicConfig};
@@ -63,6 +63,22 @@ pub struct ClusterState {
     pub next_producer_id: i64,
     /// Committed consumer-group offsets: group → topic → partition → offset.
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+}
+
+impl MachineState for ClusterState {
+    fn last_applied(&self) -> Option<RaftLogId> {
+        self.last_applied
+    }
+    fn membership(&self) -> &StoredMembership {
+        &self.membership
+    }
+    fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+    fn set_position(&mut self, meta: &SnapshotMeta) {
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+    }
 }
 
 impl ClusterState {
@@ -252,8 +268,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct ControllerSm {
     state: Mutex<ClusterState>,
     published: watch::Sender<Arc<ClusterState>>,
-    snapshot: Arc<tokio::sync::Mutex<SnapshotFile>>,
-    hint: SnapshotHint,
+    snapshots: Snapshots,
 }
 
 impl std::fmt::Debug for ControllerSm {
@@ -272,8 +287,7 @@ impl ControllerSm {
         Ok(ControllerSm {
             state: Mutex::new(ClusterState::default()),
             published,
-            snapshot: Arc::new(tokio::sync::Mutex::new(SnapshotFile::open(dir)?)),
-            hint,
+            snapshots: Snapshots::open(dir, hint)?,
         })
     }
 
@@ -326,45 +340,18 @@ impl RaftStateMachine<TypeConfig> for ControllerSm {
 
     async fn get_snapshot_builder(&mut self) -> StateSnapshotBuilder {
         let state = lock(&self.state).clone();
-        StateSnapshotBuilder {
-            meta: SnapshotMeta {
-                last_log_id: state.last_applied,
-                last_membership: state.membership.clone(),
-            },
-            data: Bytes::from(serde_json::to_vec(&state).unwrap_or_default()),
-            next_offset: state.next_offset,
-            file: self.snapshot.clone(),
-            hint: self.hint.clone(),
-        }
+        self.snapshots.builder(&state)
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Bytes) -> io::Result<()> {
-        let mut state: ClusterState = serde_json::from_slice(&data).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("controller snapshot undecodable: {e}"),
-            )
-        })?;
-        state.last_applied = meta.last_log_id;
-        state.membership = meta.last_membership.clone();
-        if let Some(last) = meta.last_log_id {
-            self.hint.set(last.index, state.next_offset);
-        }
-        self.snapshot
-            .lock()
-            .await
-            .save(Snapshot {
-                meta: meta.clone(),
-                snapshot: data,
-            })
-            .await?;
+        let state: ClusterState = self.snapshots.install(meta, data, "controller").await?;
         *lock(&self.state) = state;
         self.publish();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        Ok(self.snapshot.lock().await.current())
+        Ok(self.snapshots.current().await)
     }
 }
 

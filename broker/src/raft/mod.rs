@@ -15,6 +15,7 @@ pub mod controller;
 pub mod network;
 pub mod partition_sm;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 #[cfg(test)]
 mod tests;

@@ -8,24 +8,23 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use openraft::EntryPayload;
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::snapshot::{MachineState, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
 use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// Recent batches remembered per producer, as in Kafka: a retry of any of the last five
 /// batches is answered with its original offsets.
 pub const PRODUCER_WINDOW: usize = 5;
-
-const SNAPSHOT_FILE: &str = "raft-snapshot.json";
 
 /// One batch a producer wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +79,22 @@ pub struct PartitionState {
     pub next_offset: u64,
     /// Idempotent producers by id.
     pub producers: BTreeMap<i64, ProducerState>,
+}
+
+impl MachineState for PartitionState {
+    fn last_applied(&self) -> Option<RaftLogId> {
+        self.last_applied
+    }
+    fn membership(&self) -> &StoredMembership {
+        &self.membership
+    }
+    fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+    fn set_position(&mut self, meta: &SnapshotMeta) {
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+    }
 }
 
 impl PartitionState {
@@ -168,85 +183,18 @@ pub fn check_against(p: &ProducerState, epoch: i16, base_seq: i32, count: u32) -
     }
 }
 
-/// A stored snapshot: its description and the state's JSON.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: String,
-}
-
-/// The current snapshot of a group, kept in memory and in `raft-snapshot.json`.
-#[derive(Debug)]
-pub(crate) struct SnapshotFile {
-    dir: PathBuf,
-    current: Option<Snapshot>,
-}
-
-impl SnapshotFile {
-    pub(crate) fn open(dir: &Path) -> io::Result<SnapshotFile> {
-        let path = dir.join(SNAPSHOT_FILE);
-        let current = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} is damaged: {e}", path.display()),
-                    )
-                })?;
-                Some(Snapshot {
-                    meta: stored.meta,
-                    snapshot: Bytes::from(stored.data),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        Ok(SnapshotFile {
-            dir: dir.to_owned(),
-            current,
-        })
-    }
-
-    /// Durably makes `snapshot` the current one.
-    pub(crate) async fn save(&mut self, snapshot: Snapshot) -> io::Result<()> {
-        let current = self.current.as_ref().and_then(|c| c.meta.last_log_id);
-        if current.is_some() && snapshot.meta.last_log_id <= current {
-            return Ok(()); // an older build finishing after a newer install
-        }
-        let stored = StoredSnapshot {
-            meta: snapshot.meta.clone(),
-            data: String::from_utf8(snapshot.snapshot.to_vec())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
-        };
-        let json = serde_json::to_vec(&stored).map_err(io::Error::other)?;
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::fsutil::write_atomically(&dir, &dir.join(SNAPSHOT_FILE), &json)
-        })
-        .await
-        .map_err(|e| io::Error::other(format!("snapshot task failed: {e}")))??;
-        self.current = Some(snapshot);
-        Ok(())
-    }
-
-    pub(crate) fn current(&self) -> Option<Snapshot> {
-        self.current.clone()
-    }
-}
-
 /// A partition's state machine. The state is shared (behind a mutex) with the partition's
 /// leader, which checks producer sequences before proposing.
 pub struct PartitionSm {
     state: Arc<Mutex<PartitionState>>,
-    snapshot: Arc<tokio::sync::Mutex<SnapshotFile>>,
-    hint: SnapshotHint,
+    snapshots: Snapshots,
     high_watermark: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for PartitionSm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartitionSm")
-            .field("hint", &self.hint)
+            .field("snapshots", &self.snapshots)
             .finish_non_exhaustive()
     }
 }
@@ -265,8 +213,7 @@ impl PartitionSm {
     ) -> io::Result<PartitionSm> {
         Ok(PartitionSm {
             state: Arc::new(Mutex::new(PartitionState::default())),
-            snapshot: Arc::new(tokio::sync::Mutex::new(SnapshotFile::open(dir)?)),
-            hint,
+            snapshots: Snapshots::open(dir, hint)?,
             high_watermark,
         })
     }
@@ -282,32 +229,6 @@ impl PartitionSm {
             *hw = next_offset;
             moved
         });
-    }
-}
-
-/// Builds a snapshot from a copy of a state machine's state, taken when openraft asked for
-/// it, and makes it the group's current snapshot.
-pub struct StateSnapshotBuilder {
-    pub(crate) meta: SnapshotMeta,
-    pub(crate) data: Bytes,
-    pub(crate) next_offset: u64,
-    pub(crate) file: Arc<tokio::sync::Mutex<SnapshotFile>>,
-    pub(crate) hint: SnapshotHint,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
-    type SnapshotData = Bytes;
-
-    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let snapshot = Snapshot {
-            meta: self.meta.clone(),
-            snapshot: self.data.clone(),
-        };
-        if let Some(last) = self.meta.last_log_id {
-            self.hint.set(last.index, self.next_offset);
-        }
-        self.file.lock().await.save(snapshot.clone()).await?;
-        Ok(snapshot)
     }
 }
 
@@ -369,39 +290,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
 
     async fn get_snapshot_builder(&mut self) -> StateSnapshotBuilder {
         let state = lock(&self.state).clone();
-        StateSnapshotBuilder {
-            meta: SnapshotMeta {
-                last_log_id: state.last_applied,
-                last_membership: state.membership.clone(),
-            },
-            // Serializing a map of plain numbers cannot fail.
-            data: Bytes::from(serde_json::to_vec(&state).unwrap_or_default()),
-            next_offset: state.next_offset,
-            file: self.snapshot.clone(),
-            hint: self.hint.clone(),
-        }
+        self.snapshots.builder(&state)
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Bytes) -> io::Result<()> {
-        let mut state: PartitionState = serde_json::from_slice(&data).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("partition snapshot undecodable: {e}"),
-            )
-        })?;
-        state.last_applied = meta.last_log_id;
-        state.membership = meta.last_membership.clone();
-        if let Some(last) = meta.last_log_id {
-            self.hint.set(last.index, state.next_offset);
-        }
-        self.snapshot
-            .lock()
-            .await
-            .save(Snapshot {
-                meta: meta.clone(),
-                snapshot: data,
-            })
-            .await?;
+        let state: PartitionState = self.snapshots.install(meta, data, "partition").await?;
         let next_offset = state.next_offset;
         *lock(&self.state) = state;
         self.publish(next_offset);
@@ -409,6 +302,6 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        Ok(self.snapshot.lock().await.current())
+        Ok(self.snapshots.current().await)
     }
 }
