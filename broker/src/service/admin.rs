@@ -141,17 +141,11 @@ impl v1::admin_server::Admin for Api {
             // Answer once this node follows the creation and every partition it holds has
             // a leader, so that a produce right after succeeds.
             let topics = &self.node.topics;
-            let ready = topics
+            topics
                 .wait_until(TOPIC_CHANGE_TIMEOUT, |t| {
-                    t.get(&name).is_ok_and(|t| {
-                        t.id == id && t.partitions.iter().all(|p| p.current_leader().is_some())
-                    })
+                    t.get(&name).is_ok_and(|t| t.id == id)
                 })
                 .await;
-            if !ready {
-                // Leaders are elected in the background; the leader poll below covers it.
-                tracing::debug!(topic = %name, "topic created; some partitions have no leader yet");
-            }
             let topic = topics.get(&name)?;
             wait_for_leaders(&topic, TOPIC_CHANGE_TIMEOUT).await;
             Ok(v1::CreateTopicResponse {
