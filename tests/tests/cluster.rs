@@ -170,6 +170,23 @@ async fn t31_leader_kill_loses_no_acknowledged_record() {
     client.admin().create_topic("kill", rf3(1)).await.unwrap();
     let leader = cluster.leader_of("kill", 0).await;
 
+    // A consumer follows the partition through the fail-over.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let follower = cluster.client().await;
+    let following = tokio::spawn(async move {
+        let mut consumer = reader(&follower, "kill", [0], StartAt::Earliest).await;
+        loop {
+            let r = next_record(&mut consumer).await;
+            let value = std::str::from_utf8(r.value.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            if tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+
     let count = 6_000;
     let producing = spawn_numbered_producer(
         cluster.client().await,
@@ -205,6 +222,19 @@ async fn t31_leader_kill_loses_no_acknowledged_record() {
     };
     let values = read_values(&survivors, "kill", stored).await;
     check_acknowledged(&values, &acked);
+    // The consumer that was following when the leader died saw the same records, in order.
+    let mut followed = Vec::with_capacity(stored);
+    while followed.len() < stored {
+        match tokio::time::timeout(strata_tests::RECORD_WAIT, rx.recv()).await {
+            Ok(Some(v)) => followed.push(v),
+            _ => panic!(
+                "the following consumer stalled after {} records",
+                followed.len()
+            ),
+        }
+    }
+    following.abort();
+    assert_eq!(followed, values);
 
     // The killed node comes back and catches up to the same log.
     cluster.restart(leader).await;
