@@ -66,7 +66,10 @@ pub struct Partition {
     raft: PartitionRaft,
     state: Arc<Mutex<PartitionState>>,
     high_watermark: Arc<watch::Sender<u64>>,
-    pending: Mutex<HashMap<i64, Vec<Pending>>>,
+    /// Idempotent batches proposed whose outcome is not known yet, by producer. An entry
+    /// stays until Raft answers (committed, or discarded by a leader change), even when the
+    /// request that proposed it gave up waiting: a retry must find it, not propose it again.
+    pending: Arc<Mutex<HashMap<i64, Vec<Pending>>>>,
     cluster: watch::Receiver<Arc<ClusterState>>,
 }
 
@@ -139,7 +142,7 @@ impl Partition {
             raft: parts.raft,
             state: parts.state,
             high_watermark: parts.high_watermark,
-            pending: Mutex::new(HashMap::new()),
+            pending: Arc::new(Mutex::new(HashMap::new())),
             cluster: parts.cluster,
         }
     }
@@ -223,13 +226,49 @@ impl Partition {
             self.wait_caught_up(deadline).await?;
         }
         let (slots, proposals, registered) = self.plan(batches)?;
-        let outcome = if proposals.is_empty() {
-            Ok(Vec::new())
+        let proposed = if proposals.is_empty() {
+            Vec::new()
         } else {
-            self.propose(proposals, deadline).await
+            // The proposal runs to its real outcome in its own task, which then settles the
+            // pending entries; this request waits for it only until its deadline.
+            let (raft, pending) = (self.raft.clone(), self.pending.clone());
+            let task = tokio::spawn(async move {
+                let outcome = propose(&raft, proposals, deadline).await;
+                settle(&pending, &registered, &outcome);
+                outcome
+            });
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, task).await {
+                Ok(Ok(Ok(offsets))) => offsets,
+                Ok(Ok(Err(ProposeFailure::NotLeader(leader)))) => {
+                    return Err(self.not_leader(leader));
+                }
+                Ok(Ok(Err(ProposeFailure::NoQuorum))) => {
+                    return Err(Error::Timeout(format!(
+                        "{}/{}: the leader has no quorum",
+                        self.topic, self.id
+                    )));
+                }
+                Ok(Ok(Err(ProposeFailure::Unavailable(e)))) => {
+                    return Err(Error::Unavailable(format!(
+                        "{}/{}: {e}",
+                        self.topic, self.id
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(Error::Unavailable(format!(
+                        "{}/{}: append task failed: {e}",
+                        self.topic, self.id
+                    )));
+                }
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "append to {}/{} not committed in time (it may still be)",
+                        self.topic, self.id
+                    )));
+                }
+            }
         };
-        self.settle(&registered, &outcome);
-        let proposed = outcome?;
         let mut offsets = Vec::with_capacity(slots.len());
         for slot in slots {
             offsets.push(match slot {
@@ -402,105 +441,6 @@ impl Partition {
         Ok((slots, proposals, registered))
     }
 
-    /// Answers and forgets the pending entries of this append.
-    fn settle(&self, registered: &[(i64, i16, i32, usize)], outcome: &Result<Vec<u64>>) {
-        if registered.is_empty() {
-            return;
-        }
-        let mut pending = lock(&self.pending);
-        for (pid, epoch, base, index) in registered {
-            let Some(list) = pending.get_mut(pid) else {
-                continue;
-            };
-            if let Some(pos) = list
-                .iter()
-                .position(|p| p.epoch == *epoch && p.first_seq == *base)
-            {
-                let p = list.remove(pos);
-                let answer = match outcome {
-                    Ok(offsets) => offsets
-                        .get(*index)
-                        .copied()
-                        .ok_or_else(|| "no offset for the batch".to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                p.result.send_replace(Some(answer));
-            }
-            if list.is_empty() {
-                pending.remove(pid);
-            }
-        }
-    }
-
-    /// Proposes batches to Raft and waits for them to be applied; retries while a new
-    /// leader's lease is not established yet.
-    async fn propose(&self, proposals: Vec<RecordBatch>, deadline: Instant) -> Result<Vec<u64>> {
-        loop {
-            let stream = self
-                .raft
-                .client_write_many(proposals.iter().cloned().map(Batch))
-                .await
-                .map_err(|e| Error::Unavailable(format!("{}/{}: {e}", self.topic, self.id)))?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let results: Vec<_> = match tokio::time::timeout(remaining, stream.collect()).await {
-                Ok(results) => results,
-                Err(_) => {
-                    return Err(Error::Timeout(format!(
-                        "append to {}/{} not committed in time",
-                        self.topic, self.id
-                    )));
-                }
-            };
-            let mut offsets = Vec::with_capacity(results.len());
-            let mut retry = false;
-            for r in results {
-                match r {
-                    Ok(Ok(resp)) => match resp.response {
-                        Applied::Appended { base_offset } => offsets.push(base_offset),
-                        other => {
-                            return Err(Error::Unavailable(format!(
-                                "{}/{}: unexpected apply result {other:?}",
-                                self.topic, self.id
-                            )));
-                        }
-                    },
-                    Ok(Err(ClientWriteError::ForwardToLeader(f)))
-                        if f.reason == ForwardReason::LeaseExpired && offsets.is_empty() =>
-                    {
-                        retry = true;
-                        break;
-                    }
-                    Ok(Err(ClientWriteError::ForwardToLeader(f)))
-                    | Ok(Err(ClientWriteError::LogEntryDiscarded(f))) => {
-                        return Err(self.not_leader(f.leader_id));
-                    }
-                    Ok(Err(e)) => {
-                        return Err(Error::Unavailable(format!(
-                            "{}/{}: {e}",
-                            self.topic, self.id
-                        )));
-                    }
-                    Err(fatal) => {
-                        return Err(Error::Unavailable(format!(
-                            "{}/{}: {fatal}",
-                            self.topic, self.id
-                        )));
-                    }
-                }
-            }
-            if !retry {
-                return Ok(offsets);
-            }
-            if Instant::now() + Duration::from_millis(20) > deadline {
-                return Err(Error::Timeout(format!(
-                    "{}/{}: the leader has no quorum",
-                    self.topic, self.id
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Reads whole batches from `offset`, up to the high watermark and about `max_bytes`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Fetched> {
         let high_watermark = self.high_watermark();
@@ -616,5 +556,100 @@ impl Partition {
 
     fn storage_error(&self, e: strata_storage::Error) -> Error {
         Error::from_storage(&self.topic, self.id, e)
+    }
+}
+
+/// Why a proposal did not complete.
+#[derive(Debug)]
+enum ProposeFailure {
+    /// Leadership moved (the entries may still be committed by the new leader).
+    NotLeader(Option<u64>),
+    /// The leader could not establish a lease before the deadline (nothing was appended).
+    NoQuorum,
+    /// Raft failed.
+    Unavailable(String),
+}
+
+/// Proposes batches to Raft and waits for their real outcome: applied, or discarded by a
+/// leader change. Retries, until `deadline`, while a new leader's lease is not established
+/// (openraft then refuses the write before appending anything).
+async fn propose(
+    raft: &PartitionRaft,
+    proposals: Vec<RecordBatch>,
+    deadline: Instant,
+) -> std::result::Result<Vec<u64>, ProposeFailure> {
+    loop {
+        let stream = raft
+            .client_write_many(proposals.iter().cloned().map(Batch))
+            .await
+            .map_err(|e| ProposeFailure::Unavailable(e.to_string()))?;
+        let results: Vec<_> = stream.collect().await;
+        let mut offsets = Vec::with_capacity(results.len());
+        let mut retry = false;
+        for r in results {
+            match r {
+                Ok(Ok(resp)) => match resp.response {
+                    Applied::Appended { base_offset } => offsets.push(base_offset),
+                    other => {
+                        return Err(ProposeFailure::Unavailable(format!(
+                            "unexpected apply result {other:?}"
+                        )));
+                    }
+                },
+                Ok(Err(ClientWriteError::ForwardToLeader(f)))
+                    if f.reason == ForwardReason::LeaseExpired && offsets.is_empty() =>
+                {
+                    retry = true;
+                    break;
+                }
+                Ok(Err(ClientWriteError::ForwardToLeader(f)))
+                | Ok(Err(ClientWriteError::LogEntryDiscarded(f))) => {
+                    return Err(ProposeFailure::NotLeader(f.leader_id));
+                }
+                Ok(Err(e)) => return Err(ProposeFailure::Unavailable(e.to_string())),
+                Err(fatal) => return Err(ProposeFailure::Unavailable(fatal.to_string())),
+            }
+        }
+        if !retry {
+            return Ok(offsets);
+        }
+        if Instant::now() + Duration::from_millis(20) > deadline {
+            return Err(ProposeFailure::NoQuorum);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Answers and forgets the pending entries of a proposal once its outcome is known.
+fn settle(
+    pending: &Mutex<HashMap<i64, Vec<Pending>>>,
+    registered: &[(i64, i16, i32, usize)],
+    outcome: &std::result::Result<Vec<u64>, ProposeFailure>,
+) {
+    if registered.is_empty() {
+        return;
+    }
+    let mut pending = lock(pending);
+    for (pid, epoch, base, index) in registered {
+        let Some(list) = pending.get_mut(pid) else {
+            continue;
+        };
+        if let Some(pos) = list
+            .iter()
+            .position(|p| p.epoch == *epoch && p.first_seq == *base)
+        {
+            let p = list.remove(pos);
+            let answer = match outcome {
+                Ok(offsets) => offsets
+                    .get(*index)
+                    .copied()
+                    .ok_or_else(|| "no offset for the batch".to_string()),
+                Err(e) => Err(format!("{e:?}")),
+            };
+            p.result.send_replace(Some(answer));
+        }
+        if list.is_empty() {
+            pending.remove(pid);
+        }
     }
 }

@@ -370,7 +370,18 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
+    #[allow(clippy::print_stderr)]
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The data directories go with the test: show what the nodes said.
+            for node in &self.nodes {
+                eprintln!(
+                    "---- node {} log (end) ----\n{}",
+                    node.id,
+                    node.log_tail(40)
+                );
+            }
+        }
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             self.kill(id);

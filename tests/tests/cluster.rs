@@ -152,7 +152,11 @@ async fn read_values(client: &strata_client::Client, topic: &str, n: usize) -> V
 fn check_acknowledged(values: &[u64], acked: &[u64]) {
     let mut seen = std::collections::BTreeSet::new();
     for v in values {
-        assert!(seen.insert(*v), "value {v} stored twice");
+        if !seen.insert(*v) {
+            let at: Vec<usize> = (0..values.len()).filter(|i| values[*i] == *v).collect();
+            let around = &values[at[0].saturating_sub(3)..(at[at.len() - 1] + 4).min(values.len())];
+            panic!("value {v} stored twice, at offsets {at:?}; around: {around:?}");
+        }
     }
     for a in acked {
         assert!(seen.contains(a), "acknowledged value {a} lost");
