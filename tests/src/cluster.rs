@@ -137,9 +137,28 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
 }
 
+/// A free port for a node, below the kernel's ephemeral range: a node killed and restarted
+/// must get its port back, and ports from the ephemeral range (what port 0 and outgoing
+/// connections use) can be taken by any connection while the node is down.
 fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("address")
+    use rand::{Rng, SeedableRng};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1).max(10_100));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..1000 {
+        let address = SocketAddr::from(([127, 0, 0, 1], rng.random_range(low..high)));
+        if std::net::TcpListener::bind(address).is_ok() {
+            return address;
+        }
+    }
+    panic!("no free port between {low} and {high}");
 }
 
 impl TestCluster {
