@@ -163,11 +163,7 @@ impl Cluster {
 
     /// A node's client address, if it registered one.
     pub fn address_of(&self, node: u64) -> Option<String> {
-        self.state
-            .borrow()
-            .nodes
-            .get(&node)
-            .map(|n| n.address.clone())
+        self.state.borrow().address_of(node)
     }
 
     /// Applies `command` through the controller, from whichever node leads it; retries

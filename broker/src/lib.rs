@@ -42,6 +42,7 @@ pub mod process;
 pub mod raft;
 mod server;
 mod service;
+mod sync;
 pub mod topics;
 
 pub use config::{Config, Fsync};

@@ -39,13 +39,10 @@ impl Node {
         groups: Coordinator,
         cluster: Arc<Cluster>,
         address: SocketAddr,
+        advertised: String,
         http_address: Option<SocketAddr>,
     ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
-        let advertised = config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| address.to_string());
         Node {
             config,
             topics,

@@ -25,9 +25,10 @@ use strata_storage::{Fetched, PartitionLog, RecordBatch, RetentionPolicy};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::raft::partition_sm::{SeqCheck, check_against, next_seq};
+use crate::raft::partition_sm::{SeqCheck, check_against, last_seq, next_seq};
 use crate::raft::service::PartitionRaft;
 use crate::raft::{Applied, Batch, ClusterState, GroupId, PartitionState};
+use crate::sync::lock;
 
 /// When a produce is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,14 +116,6 @@ pub(crate) struct PartitionParts {
     pub cluster: watch::Receiver<Arc<ClusterState>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn last_seq(base: i32, count: u32) -> i32 {
-    ((i64::from(base) + i64::from(count) - 1) % (i64::from(i32::MAX) + 1)) as i32
-}
-
 /// What to answer for one batch of an append.
 enum Slot {
     Known(u64),
@@ -191,13 +184,7 @@ impl Partition {
 
     fn not_leader(&self, leader: Option<u64>) -> Error {
         let leader = leader.filter(|l| *l != self.node_id);
-        let address = leader.and_then(|l| {
-            self.cluster
-                .borrow()
-                .nodes
-                .get(&l)
-                .map(|n| n.address.clone())
-        });
+        let address = leader.and_then(|l| self.cluster.borrow().address_of(l));
         Error::NotLeader {
             what: format!("{}/{}", self.topic, self.id),
             leader,

@@ -147,6 +147,7 @@ impl Broker {
             groups,
             cluster.clone(),
             address,
+            advertised.clone(),
             http_address,
         ));
         let (stop, _) = watch::channel(false);

@@ -108,13 +108,7 @@ impl Topic {
                 Error::NotLeader {
                     what: format!("{}/{id}", self.name),
                     leader,
-                    address: leader.and_then(|l| {
-                        self.cluster
-                            .borrow()
-                            .nodes
-                            .get(&l)
-                            .map(|n| n.address.clone())
-                    }),
+                    address: leader.and_then(|l| self.cluster.borrow().address_of(l)),
                 }
             })
     }

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::snapshot::{MachineState, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
 use super::{Applied, Batch, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::sync::lock;
 use crate::topics::{MAX_PARTITIONS, TopicConfig};
 
 /// A node of the cluster as clients see it.
@@ -82,6 +83,11 @@ impl MachineState for ClusterState {
 }
 
 impl ClusterState {
+    /// A node's client address, if it registered one.
+    pub fn address_of(&self, node: u64) -> Option<String> {
+        self.nodes.get(&node).map(|n| n.address.clone())
+    }
+
     /// The voters of the controller: every node of the cluster.
     pub fn voters(&self) -> Vec<u64> {
         self.membership.membership().voter_ids().collect()
@@ -257,10 +263,6 @@ impl ClusterState {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The controller's state machine; it publishes every applied state on a watch channel

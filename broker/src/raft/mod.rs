@@ -43,11 +43,6 @@ pub fn partition_group(topic_id: u32, partition: u32) -> GroupId {
     (u64::from(topic_id) << 32) | u64::from(partition)
 }
 
-/// The topic id and partition of a partition group.
-pub fn split_group(group: GroupId) -> (u32, u32) {
-    ((group >> 32) as u32, group as u32)
-}
-
 /// A validated record batch as openraft application data. On the wire and on disk it is the
 /// batch's bytes, never re-encoded; serde (used only by openraft's own test suite and debug
 /// output) sees a byte string.

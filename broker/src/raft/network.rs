@@ -106,16 +106,6 @@ impl Router {
         }
     }
 
-    /// The address of a peer.
-    pub fn address(&self, id: u64) -> Option<String> {
-        self.inner
-            .peers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-            .map(|p| p.address.clone())
-    }
-
     fn client(&self, target: u64) -> Result<RaftClient<Channel>, RaftError> {
         self.inner
             .peers

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::snapshot::{MachineState, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
 use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::sync::lock;
 
 /// Recent batches remembered per producer, as in Kafka: a retry of any of the last five
 /// batches is answered with its original offsets.
@@ -143,7 +144,8 @@ impl PartitionState {
     }
 }
 
-fn last_seq(base_seq: i32, count: u32) -> i32 {
+/// The sequence number of the last record of a batch of `count` records from `base_seq`.
+pub fn last_seq(base_seq: i32, count: u32) -> i32 {
     // Sequences wrap at i32::MAX as in Kafka.
     ((i64::from(base_seq) + i64::from(count) - 1) % (i64::from(i32::MAX) + 1)) as i32
 }
@@ -197,10 +199,6 @@ impl std::fmt::Debug for PartitionSm {
             .field("snapshots", &self.snapshots)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl PartitionSm {

@@ -27,6 +27,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use strata_storage::{EntryBody, EntryKind, NewEntry, PartitionLog};
 
 use super::{Batch, RaftEntry, RaftLogId, TypeConfig, Vote, to_raft_log_id, to_storage_log_id};
+use crate::sync::lock;
 
 /// How often the commit hint is written at most.
 pub const COMMIT_WRITE_INTERVAL: Duration = Duration::from_millis(100);
@@ -117,10 +118,6 @@ impl GroupMeta {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn encode_vote(vote: &Vote) -> [u8; 28] {
@@ -260,11 +257,6 @@ impl LogStore {
     pub fn open(log: PartitionLog, hint: SnapshotHint) -> io::Result<LogStore> {
         let meta = Arc::new(GroupMeta::open(log.dir())?);
         Ok(LogStore { log, meta, hint })
-    }
-
-    /// The storage log.
-    pub fn log(&self) -> &PartitionLog {
-        &self.log
     }
 
     fn reader(&self) -> LogReader {

@@ -69,6 +69,20 @@ async fn wait_for_leaders(topic: &Topic, timeout: Duration) {
 }
 
 impl Api {
+    /// The nodes registered with the controller, with their client addresses.
+    fn registered_nodes(&self) -> Vec<v1::NodeInfo> {
+        self.node
+            .cluster
+            .nodes()
+            .into_iter()
+            .map(|(id, address)| v1::NodeInfo {
+                id,
+                address,
+                http_address: String::new(),
+            })
+            .collect()
+    }
+
     fn topic_metadata(&self, topic: &Topic) -> v1::TopicMetadata {
         v1::TopicMetadata {
             name: topic.name.clone(),
@@ -218,15 +232,7 @@ impl v1::admin_server::Admin for Api {
         let response = v1::ClusterStatusResponse {
             node_id: self.node.config.node_id,
             controller_leader: cluster.controller_leader().unwrap_or(0),
-            nodes: cluster
-                .nodes()
-                .into_iter()
-                .map(|(id, address)| v1::NodeInfo {
-                    id,
-                    address,
-                    http_address: String::new(),
-                })
-                .collect(),
+            nodes: self.registered_nodes(),
             replicas,
         };
         self.finish("cluster_status", started, Ok(response))
@@ -314,17 +320,7 @@ impl v1::metadata_server::Metadata for Api {
                     .map(|t| self.node.topics.get(t))
                     .collect::<Result<Vec<_>, Error>>()?
             };
-            let mut nodes: Vec<v1::NodeInfo> = self
-                .node
-                .cluster
-                .nodes()
-                .into_iter()
-                .map(|(id, address)| v1::NodeInfo {
-                    id,
-                    address,
-                    http_address: String::new(),
-                })
-                .collect();
+            let mut nodes = self.registered_nodes();
             let me = self.node.config.node_id;
             match nodes.iter_mut().find(|n| n.id == me) {
                 Some(n) => {
