@@ -241,7 +241,7 @@ impl Topics {
                 .insert(name.clone(), Arc::new(topic));
             tracing::info!(topic = %name, id = meta.id, "topic opened");
         }
-        if state.last_applied.is_some() {
+        if state.position.last_applied.is_some() {
             self.remove_stale_dirs(state)?;
         }
         Ok(())

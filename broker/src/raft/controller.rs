@@ -15,15 +15,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
 use tokio::sync::watch;
 
-use super::snapshot::{MachineState, Snapshots, StateSnapshotBuilder};
+use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
-use super::{Applied, Batch, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::sync::lock;
 use crate::topics::{MAX_PARTITIONS, TopicConfig};
 
@@ -48,12 +47,8 @@ pub struct TopicMeta {
 /// The cluster's metadata.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// The last entry applied.
-    pub last_applied: Option<RaftLogId>,
-    /// The controller's membership.
-    pub membership: StoredMembership,
-    /// Offset after the controller log's last record.
-    pub next_offset: u64,
+    /// Where it stands in the controller's log (the membership is the cluster's nodes).
+    pub position: Position,
     /// Nodes that registered, by id.
     pub nodes: BTreeMap<u64, NodeInfo>,
     /// Topics by name.
@@ -67,18 +62,11 @@ pub struct ClusterState {
 }
 
 impl MachineState for ClusterState {
-    fn last_applied(&self) -> Option<RaftLogId> {
-        self.last_applied
+    fn position(&self) -> &Position {
+        &self.position
     }
-    fn membership(&self) -> &StoredMembership {
-        &self.membership
-    }
-    fn next_offset(&self) -> u64 {
-        self.next_offset
-    }
-    fn set_position(&mut self, meta: &SnapshotMeta) {
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
+    fn position_mut(&mut self) -> &mut Position {
+        &mut self.position
     }
 }
 
@@ -90,7 +78,7 @@ impl ClusterState {
 
     /// The voters of the controller: every node of the cluster.
     pub fn voters(&self) -> Vec<u64> {
-        self.membership.membership().voter_ids().collect()
+        self.position.membership.membership().voter_ids().collect()
     }
 }
 
@@ -304,8 +292,7 @@ impl RaftStateMachine<TypeConfig> for ControllerSm {
     type SnapshotBuilder = StateSnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<RaftLogId>, StoredMembership)> {
-        let s = lock(&self.state);
-        Ok((s.last_applied, s.membership.clone()))
+        Ok(lock(&self.state).position.applied_state())
     }
 
     async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
@@ -315,15 +302,9 @@ impl RaftStateMachine<TypeConfig> for ControllerSm {
         while let Some((entry, responder)) = entries.try_next().await? {
             let applied = {
                 let mut s = lock(&self.state);
-                s.last_applied = Some(entry.log_id);
-                match &entry.payload {
-                    EntryPayload::Blank => Applied::None,
-                    EntryPayload::Membership(m) => {
-                        s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        Applied::None
-                    }
-                    EntryPayload::Normal(Batch(batch)) => {
-                        s.next_offset = batch.base_offset() + u64::from(batch.record_count());
+                match s.position.advance(&entry) {
+                    None => Applied::None,
+                    Some(batch) => {
                         let result = match Command::from_batch(batch) {
                             Ok(command) => s.apply(command),
                             Err(e) => invalid(format!("undecodable command: {e}")),
@@ -369,7 +350,10 @@ mod tests {
             BTreeSet::new(),
         );
         ClusterState {
-            membership: StoredMembership::new(None, membership),
+            position: Position {
+                membership: StoredMembership::new(None, membership),
+                ..Position::default()
+            },
             ..Default::default()
         }
     }
@@ -430,6 +414,17 @@ mod tests {
             s.apply(Command::DeleteTopic { name: "t".into() }),
             CommandResult::UnknownTopic
         );
+        // The state (integer-keyed maps inside) survives its snapshot JSON.
+        s.apply(Command::RegisterNode {
+            id: 2,
+            address: "127.0.0.1:7002".into(),
+        });
+        s.apply(Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![("u".into(), 1, 5)],
+        });
+        let back: ClusterState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::snapshot::{MachineState, Snapshots, StateSnapshotBuilder};
+use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
 use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::sync::lock;
@@ -72,29 +71,18 @@ pub enum SeqCheck {
 /// The replicated state of a partition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionState {
-    /// The last entry applied.
-    pub last_applied: Option<RaftLogId>,
-    /// The last membership applied.
-    pub membership: StoredMembership,
-    /// Offset the next record gets: the high watermark.
-    pub next_offset: u64,
+    /// Where it stands in the log; `next_offset` is the high watermark.
+    pub position: Position,
     /// Idempotent producers by id.
     pub producers: BTreeMap<i64, ProducerState>,
 }
 
 impl MachineState for PartitionState {
-    fn last_applied(&self) -> Option<RaftLogId> {
-        self.last_applied
+    fn position(&self) -> &Position {
+        &self.position
     }
-    fn membership(&self) -> &StoredMembership {
-        &self.membership
-    }
-    fn next_offset(&self) -> u64 {
-        self.next_offset
-    }
-    fn set_position(&mut self, meta: &SnapshotMeta) {
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
+    fn position_mut(&mut self) -> &mut Position {
+        &mut self.position
     }
 }
 
@@ -235,8 +223,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
     type SnapshotBuilder = StateSnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<RaftLogId>, StoredMembership)> {
-        let s = lock(&self.state);
-        Ok((s.last_applied, s.membership.clone()))
+        Ok(lock(&self.state).position.applied_state())
     }
 
     async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
@@ -246,31 +233,15 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         while let Some((entry, responder)) = entries.try_next().await? {
             let applied = {
                 let mut s = lock(&self.state);
-                s.last_applied = Some(entry.log_id);
-                match &entry.payload {
-                    EntryPayload::Blank => Applied::None,
-                    EntryPayload::Membership(m) => {
-                        s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        Applied::None
-                    }
-                    EntryPayload::Normal(batch) => {
-                        let batch = &batch.0;
+                match s.position.advance(&entry) {
+                    None => Applied::None,
+                    Some(batch) => {
                         let base_offset = batch.base_offset();
-                        if base_offset != s.next_offset {
-                            tracing::error!(
-                                log_id = %entry.log_id,
-                                base_offset,
-                                expected = s.next_offset,
-                                "applied batch does not continue the partition's offsets"
-                            );
-                        }
-                        let count = batch.record_count();
-                        s.next_offset = base_offset + u64::from(count);
                         s.record(
                             batch.producer_id(),
                             batch.producer_epoch(),
                             batch.base_sequence(),
-                            count,
+                            batch.record_count(),
                             base_offset,
                         );
                         Applied::Appended { base_offset }
@@ -281,7 +252,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 responder.send(applied);
             }
         }
-        let next_offset = lock(&self.state).next_offset;
+        let next_offset = lock(&self.state).position.next_offset;
         self.publish(next_offset);
         Ok(())
     }
@@ -293,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Bytes) -> io::Result<()> {
         let state: PartitionState = self.snapshots.install(meta, data, "partition").await?;
-        let next_offset = state.next_offset;
+        let next_offset = state.position.next_offset;
         *lock(&self.state) = state;
         self.publish(next_offset);
         Ok(())
@@ -301,5 +272,25 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         Ok(self.snapshots.current().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_through_its_snapshot_json() {
+        let mut state = PartitionState::default();
+        state.position.next_offset = 42;
+        state.record(7, 1, 0, 3, 39);
+        state.record(-1, -1, -1, 2, 40);
+        let json = serde_json::to_vec(&state).unwrap();
+        let back: PartitionState = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(
+            back.check_sequence(7, 1, 0, 3),
+            SeqCheck::Duplicate { base_offset: 39 }
+        );
     }
 }

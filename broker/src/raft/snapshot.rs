@@ -7,25 +7,68 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use openraft::EntryPayload;
 use openraft::storage::RaftSnapshotBuilder;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::store::SnapshotHint;
-use super::{RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use strata_storage::RecordBatch;
+
+use super::{Batch, RaftEntry, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "raft-snapshot.json";
 
-/// What a state machine's state must offer to be snapshotted.
-pub(crate) trait MachineState: Serialize + DeserializeOwned + Clone {
+/// Where a state machine stands in its group's log: the part of every machine's state that
+/// openraft and the log store need.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Position {
     /// The last entry applied.
-    fn last_applied(&self) -> Option<RaftLogId>;
+    pub last_applied: Option<RaftLogId>,
     /// The last membership applied.
-    fn membership(&self) -> &StoredMembership;
-    /// Offset after the last record of the group's log.
-    fn next_offset(&self) -> u64;
-    /// Takes the position a snapshot describes.
-    fn set_position(&mut self, meta: &SnapshotMeta);
+    pub membership: StoredMembership,
+    /// Offset after the last record applied (for a partition, the high watermark).
+    pub next_offset: u64,
+}
+
+impl Position {
+    /// Moves past an applied entry; returns its record batch if it is a data entry.
+    pub fn advance<'e>(&mut self, entry: &'e RaftEntry) -> Option<&'e RecordBatch> {
+        self.last_applied = Some(entry.log_id);
+        match &entry.payload {
+            EntryPayload::Blank => None,
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                None
+            }
+            EntryPayload::Normal(Batch(batch)) => {
+                let base_offset = batch.base_offset();
+                if base_offset != self.next_offset {
+                    tracing::error!(
+                        log_id = %entry.log_id,
+                        base_offset,
+                        expected = self.next_offset,
+                        "applied batch does not continue the group's offsets"
+                    );
+                }
+                self.next_offset = base_offset + u64::from(batch.record_count());
+                Some(batch)
+            }
+        }
+    }
+
+    /// What openraft asks a state machine at start: the last applied entry and membership.
+    pub fn applied_state(&self) -> (Option<RaftLogId>, StoredMembership) {
+        (self.last_applied, self.membership.clone())
+    }
+}
+
+/// A state machine's state: its position and what it derives from the entries.
+pub(crate) trait MachineState: Serialize + DeserializeOwned + Clone {
+    /// Its position in the log.
+    fn position(&self) -> &Position;
+    /// Its position in the log, to change.
+    fn position_mut(&mut self) -> &mut Position;
 }
 
 /// A stored snapshot: its description and the state's JSON.
@@ -115,12 +158,12 @@ impl Snapshots {
     pub(crate) fn builder(&self, state: &impl MachineState) -> StateSnapshotBuilder {
         StateSnapshotBuilder {
             meta: SnapshotMeta {
-                last_log_id: state.last_applied(),
-                last_membership: state.membership().clone(),
+                last_log_id: state.position().last_applied,
+                last_membership: state.position().membership.clone(),
             },
             // Serializing maps of plain values cannot fail.
             data: Bytes::from(serde_json::to_vec(state).unwrap_or_default()),
-            next_offset: state.next_offset(),
+            next_offset: state.position().next_offset,
             file: self.file.clone(),
             hint: self.hint.clone(),
         }
@@ -139,9 +182,11 @@ impl Snapshots {
                 format!("{what} snapshot undecodable: {e}"),
             )
         })?;
-        state.set_position(meta);
+        let position = state.position_mut();
+        position.last_applied = meta.last_log_id;
+        position.membership = meta.last_membership.clone();
         if let Some(last) = meta.last_log_id {
-            self.hint.set(last.index, state.next_offset());
+            self.hint.set(last.index, position.next_offset);
         }
         self.file
             .lock()
