@@ -247,7 +247,12 @@ impl TestCluster {
             .expect("log file");
         let child = Command::new(&binary)
             .arg(&node.config_path)
-            .env("STRATA_LOG", "info,openraft=warn")
+            // `STRATA_TEST_NODE_LOG` overrides the nodes' log filter when debugging a test.
+            .env(
+                "STRATA_LOG",
+                std::env::var("STRATA_TEST_NODE_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".to_string()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -505,17 +505,20 @@ async fn t34_a_follower_behind_the_retention_point_catches_up_through_a_snapshot
         Duration::from_secs(30),
         "the follower to catch up",
         async || {
+            // Installing the snapshot moves the high watermark first; openraft then purges
+            // (here: restarts) the log, which moves the start.
             let t = back.admin().describe_topic("old").await.ok()?;
             let p = &t.partitions[0];
-            (p.high_watermark == total).then_some((p.start_offset, p.high_watermark))
+            (p.high_watermark == total && p.start_offset > 0)
+                .then_some((p.start_offset, p.high_watermark))
         },
     )
     .await;
     assert_eq!(hw, total);
-    // It never received the purged records: its log starts at or after the leader's start.
+    // It never received the purged records: its log starts at or after the survivors' start.
     assert!(
         restart_at >= start,
-        "follower starts at {restart_at}, leader at {start}"
+        "follower starts at {restart_at}, the survivors at {start} or later"
     );
     // It follows normal appends afterwards.
     for _ in 0..10 {
