@@ -388,6 +388,7 @@ impl Partition {
                 }
                 _ => state.check_sequence(pid, epoch, base, count),
             };
+            tracing::debug!(topic = %self.topic, partition = self.id, pid, epoch, base, count, ?check, pending = ?in_flight.map(|l| l.iter().map(|p| (p.epoch, p.first_seq)).collect::<Vec<_>>()), "idempotent batch planned");
             decisions.push(match check {
                 SeqCheck::OutOfOrder { expected } => {
                     return Err(Error::OutOfOrderSequence {
@@ -638,6 +639,7 @@ fn settle(
             .position(|p| p.epoch == *epoch && p.first_seq == *base)
         {
             let p = list.remove(pos);
+            tracing::debug!(pid, epoch, base, outcome = ?outcome.as_ref().map(|o| o.get(*index).copied()), "pending batch settled");
             let answer = match outcome {
                 Ok(offsets) => offsets
                     .get(*index)

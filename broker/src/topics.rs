@@ -300,10 +300,10 @@ impl Topics {
                 .map_err(|e| Error::Unavailable(format!("open task failed: {e}")))?
                 .map_err(storage)?
         };
-        let hint = SnapshotHint::default();
         let (high_watermark, _) = watch::channel(0);
         let high_watermark = Arc::new(high_watermark);
-        let sm = PartitionSm::open(dir, hint.clone(), high_watermark.clone()).map_err(io)?;
+        let hint = SnapshotHint::publishing(high_watermark.clone());
+        let sm = PartitionSm::open(dir, hint.clone(), log.clone()).map_err(io)?;
         let state = sm.state();
         let store = LogStore::open(log.clone(), hint).map_err(io)?;
         let raft = openraft::Raft::new(

@@ -116,7 +116,8 @@ impl TestNode {
         self.child.is_some()
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
         self.dir.join("node.log")
     }
 

@@ -148,6 +148,58 @@ async fn read_values(client: &strata_client::Client, topic: &str, n: usize) -> V
     values
 }
 
+fn has_duplicates(values: &[u64]) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    values.iter().any(|v| !seen.insert(*v))
+}
+
+/// Prints every replica's log of partition 0 (log id, producer id/epoch/sequence, base
+/// offset, first value), to diagnose a failed check.
+#[allow(clippy::print_stdout)]
+fn dump_logs(cluster: &mut TestCluster, topic: &str) {
+    for id in 1..=cluster.nodes.len() as u64 {
+        cluster.stop(id);
+    }
+    if let Ok(keep) = std::env::var("STRATA_KEEP_NODE_LOGS") {
+        for node in &cluster.nodes {
+            let to = std::path::Path::new(&keep).join(format!("node-{}.log", node.id));
+            let _ = std::fs::copy(node.log_path(), to);
+        }
+    }
+    for (node, dir) in cluster.replica_dirs(topic, 0) {
+        println!("---- replica on node {node} ----");
+        for (log_id, body) in read_log(&dir) {
+            let Ok(batch) = strata_storage::RecordBatch::from_bytes(body.clone()) else {
+                println!("{log_id:?} ({} bytes, not a batch)", body.len());
+                continue;
+            };
+            let first = batch
+                .records()
+                .next()
+                .and_then(|r| r.value.map(|v| String::from_utf8_lossy(v).into_owned()));
+            println!(
+                "{log_id:?} pid {} epoch {} seq {} offset {} count {} first {first:?}",
+                batch.producer_id(),
+                batch.producer_epoch(),
+                batch.base_sequence(),
+                batch.base_offset(),
+                batch.record_count()
+            );
+        }
+    }
+}
+
+/// Reads partition 0 of `topic` from the start until `n` records came, as strings.
+async fn read_strings(client: &strata_client::Client, topic: &str, n: usize) -> Vec<String> {
+    let mut consumer = reader(client, topic, [0], StartAt::Earliest).await;
+    let mut values = Vec::with_capacity(n);
+    while values.len() < n {
+        let r = next_record(&mut consumer).await;
+        values.push(String::from_utf8_lossy(r.value.as_deref().unwrap()).into_owned());
+    }
+    values
+}
+
 /// Every acknowledged value appears exactly once, and values appear in send order.
 fn check_acknowledged(values: &[u64], acked: &[u64]) {
     let mut seen = std::collections::BTreeSet::new();
@@ -449,6 +501,93 @@ async fn t33_a_retried_batch_whose_answer_was_lost_is_stored_once() {
     assert_eq!(t.partitions[0].high_watermark, 3);
 }
 
+/// A leader that restarts before the others notice comes back as leader of the same term
+/// (openraft's leader restore) with an uncommitted batch of that term in its log; a retry of
+/// that batch must not be stored a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t37_a_leader_restarted_in_its_term_does_not_store_a_retry_twice() {
+    use strata_proto::v1;
+    let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client
+        .admin()
+        .create_topic("restored", rf3(1))
+        .await
+        .unwrap();
+    let address = cluster.node(1).address;
+    let mut rpc = v1::produce_client::ProduceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let id = rpc
+        .init_producer(v1::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let producer = |seq| Some((id.producer_id, id.producer_epoch as i16, seq));
+    assert_eq!(
+        produce_to_leader(&cluster, "restored", batch("a", producer(0))).await,
+        Ok(0)
+    );
+    let leader = cluster.leader_of("restored", 0).await;
+    let address = cluster.node(leader).address;
+    let on_leader = cluster.client_of(leader).await;
+    let bytes = async || {
+        on_leader
+            .admin()
+            .describe_topic("restored")
+            .await
+            .unwrap()
+            .partitions[0]
+            .bytes
+    };
+    let before = bytes().await;
+    // Cut the leader off and send it a batch: it stores it but cannot commit it.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for other in &others {
+        cluster.cut(leader, *other);
+    }
+    let lost = tokio::spawn(raw_produce(
+        address,
+        "restored",
+        batch("b", producer(1)),
+        5_000,
+    ));
+    eventually(
+        Duration::from_secs(10),
+        "the leader to store the batch",
+        async || (bytes().await > before).then_some(()),
+    )
+    .await;
+    // Everyone goes down at once, before the followers elect anyone, and comes back with
+    // the leader still cut off.
+    for id in others.iter().copied().chain([leader]) {
+        cluster.kill(id);
+    }
+    lost.abort();
+    for id in [leader].into_iter().chain(others.iter().copied()) {
+        cluster.restart(id).await;
+    }
+    // The producer retries the batch whose answer it never got, first on the old leader
+    // (which must not take it as new), then wherever the partition is led once healed.
+    let first = raw_produce(address, "restored", batch("b", producer(1)), 1_000).await;
+    assert_ne!(first, Ok(2), "a retry is never stored as a new batch");
+    cluster.heal_all();
+    let retried = produce_to_leader(&cluster, "restored", batch("b", producer(1))).await;
+    assert_eq!(
+        retried,
+        Ok(1),
+        "the retry is answered with the batch's one offset"
+    );
+    let c = cluster.client().await;
+    let values = read_strings(&c, "restored", 2).await;
+    assert_eq!(values, ["a", "b"]);
+    let t = c.admin().describe_topic("restored").await.unwrap();
+    assert_eq!(
+        t.partitions[0].high_watermark, 2,
+        "the batch is stored once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t34_a_follower_behind_the_retention_point_catches_up_through_a_snapshot() {
     let mut cluster = TestCluster::start(NODE, 3, |c| {
@@ -640,6 +779,9 @@ async fn t35_random_faults_lose_and_duplicate_nothing() {
     })
     .await;
     let values = read_values(&client, "chaos", stored).await;
+    if has_duplicates(&values) {
+        dump_logs(&mut cluster, "chaos");
+    }
     check_acknowledged(&values, &acked);
     assert_same_logs(&mut cluster, "chaos", 1);
 }

@@ -169,6 +169,13 @@ impl RaftTuning {
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
             enable_pre_vote: Some(true),
+            // A restarted leader comes back as a follower and is re-elected in a new term with
+            // a blank entry of its own. Restored as leader of its old term, it could hold
+            // uncommitted entries of that very term that it has not applied: "an entry of the
+            // current term is applied" would no longer mean "every earlier entry is", and the
+            // producer-state and coordinator checks that rely on it would miss a retried batch
+            // (t37: the retry was stored a second time).
+            enable_leader_restore: Some(false),
             max_payload_entries: 256,
             // The log is the data: only retention purges it (after a snapshot covers it).
             max_in_snapshot_log_to_keep: u64::MAX,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use strata_storage::PartitionLog;
 
 use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
@@ -178,7 +178,8 @@ pub fn check_against(p: &ProducerState, epoch: i16, base_seq: i32, count: u32) -
 pub struct PartitionSm {
     state: Arc<Mutex<PartitionState>>,
     snapshots: Snapshots,
-    high_watermark: Arc<watch::Sender<u64>>,
+    hint: SnapshotHint,
+    log: PartitionLog,
 }
 
 impl std::fmt::Debug for PartitionSm {
@@ -190,31 +191,20 @@ impl std::fmt::Debug for PartitionSm {
 }
 
 impl PartitionSm {
-    /// The state machine of the group whose files are in `dir`; it publishes the high
-    /// watermark on `high_watermark` and records snapshot ends in `hint`.
-    pub fn open(
-        dir: &Path,
-        hint: SnapshotHint,
-        high_watermark: Arc<watch::Sender<u64>>,
-    ) -> io::Result<PartitionSm> {
+    /// The state machine of the group whose files and log are `dir` and `log`; it records
+    /// snapshot ends in `hint` and publishes the high watermark through it.
+    pub fn open(dir: &Path, hint: SnapshotHint, log: PartitionLog) -> io::Result<PartitionSm> {
         Ok(PartitionSm {
             state: Arc::new(Mutex::new(PartitionState::default())),
-            snapshots: Snapshots::open(dir, hint)?,
-            high_watermark,
+            snapshots: Snapshots::open(dir, hint.clone())?,
+            hint,
+            log,
         })
     }
 
     /// The shared state.
     pub fn state(&self) -> Arc<Mutex<PartitionState>> {
         self.state.clone()
-    }
-
-    fn publish(&self, next_offset: u64) {
-        self.high_watermark.send_if_modified(|hw| {
-            let moved = next_offset != *hw;
-            *hw = next_offset;
-            moved
-        });
     }
 }
 
@@ -253,7 +243,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             }
         }
         let next_offset = lock(&self.state).position.next_offset;
-        self.publish(next_offset);
+        self.hint.publish(next_offset);
         Ok(())
     }
 
@@ -266,7 +256,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         let state: PartitionState = self.snapshots.install(meta, data, "partition").await?;
         let next_offset = state.position.next_offset;
         *lock(&self.state) = state;
-        self.publish(next_offset);
+        // A snapshot past the log's end: openraft restarts the log after it next, and the
+        // log store publishes the watermark then; until then reads stay below the old one.
+        if self.log.state().next_offset >= next_offset {
+            self.hint.publish(next_offset);
+        }
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use strata_storage::{EntryBody, EntryKind, NewEntry, PartitionLog};
+use tokio::sync::watch;
 
 use super::{Batch, RaftEntry, RaftLogId, TypeConfig, Vote, to_raft_log_id, to_storage_log_id};
 use crate::sync::lock;
@@ -42,19 +43,43 @@ const META_VERSION: u8 = 1;
 
 /// Where a snapshot's state ends: the index it covers and the offset after its last record.
 /// The state machine sets it when it builds or installs a snapshot; the log store reads it
-/// when openraft purges past the log's end.
+/// when openraft purges past the log's end. A partition's hint also carries its high
+/// watermark, which the store publishes once it has restarted the log after an installed
+/// snapshot (the state machine cannot: the log still ends before the snapshot then).
 #[derive(Debug, Clone, Default)]
-pub struct SnapshotHint(Arc<Mutex<Option<(u64, u64)>>>);
+pub struct SnapshotHint {
+    at: Arc<Mutex<Option<(u64, u64)>>>,
+    high_watermark: Option<Arc<watch::Sender<u64>>>,
+}
 
 impl SnapshotHint {
+    /// A hint that publishes the group's high watermark on `high_watermark`.
+    pub fn publishing(high_watermark: Arc<watch::Sender<u64>>) -> SnapshotHint {
+        SnapshotHint {
+            at: Arc::default(),
+            high_watermark: Some(high_watermark),
+        }
+    }
+
     /// Records that the snapshot at `index` ends before offset `next_offset`.
     pub fn set(&self, index: u64, next_offset: u64) {
-        *lock(&self.0) = Some((index, next_offset));
+        *lock(&self.at) = Some((index, next_offset));
     }
 
     /// The next offset after the snapshot at `index`, if that is the one recorded.
     pub fn next_offset_at(&self, index: u64) -> Option<u64> {
-        lock(&self.0).and_then(|(i, o)| (i == index).then_some(o))
+        lock(&self.at).and_then(|(i, o)| (i == index).then_some(o))
+    }
+
+    /// Publishes the high watermark (wakes followers of it only when it moved).
+    pub fn publish(&self, next_offset: u64) {
+        if let Some(sender) = &self.high_watermark {
+            sender.send_if_modified(|hw| {
+                let moved = next_offset != *hw;
+                *hw = next_offset;
+                moved
+            });
+        }
     }
 }
 
@@ -463,7 +488,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // snapshot recorded (without one, nothing was appended since: keep the next offset).
         let next_offset = self.hint.next_offset_at(index).unwrap_or(state.next_offset);
         let last = to_storage_log_id(&log_id);
-        blocking(move || log.reset(last, next_offset).map_err(io_err)).await
+        blocking(move || log.reset(last, next_offset).map_err(io_err)).await?;
+        self.hint.publish(next_offset);
+        Ok(())
     }
 }
 

@@ -23,10 +23,10 @@ impl StoreBuilder<TypeConfig, LogStore, PartitionSm, tempfile::TempDir> for Buil
             ..LogConfig::default()
         };
         let log = PartitionLog::open(dir.path(), config).expect("log opens");
-        let hint = SnapshotHint::default();
-        let store = LogStore::open(log, hint.clone()).expect("store opens");
         let (hw, _) = watch::channel(0);
-        let sm = PartitionSm::open(dir.path(), hint, Arc::new(hw)).expect("state machine opens");
+        let hint = SnapshotHint::publishing(Arc::new(hw));
+        let store = LogStore::open(log.clone(), hint.clone()).expect("store opens");
+        let sm = PartitionSm::open(dir.path(), hint, log).expect("state machine opens");
         Ok((dir, store, sm))
     }
 }

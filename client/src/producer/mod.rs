@@ -25,6 +25,10 @@ use strata_storage::NewRecord;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use self::accumulator::{Accumulator, Waiter};
+
+/// How long `send` keeps asking about a topic the brokers call unknown: one created a moment
+/// ago reaches every broker well within it; a misspelt name fails after it.
+const UNKNOWN_TOPIC_WAIT: Duration = Duration::from_secs(2);
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
@@ -238,12 +242,20 @@ impl Producer {
         let client = &self.shared.settings.client;
         // Metadata may be briefly out of reach (a broker died under the request): wait for
         // it like a retry would, up to the delivery time-out.
-        let deadline = std::time::Instant::now() + self.shared.settings.delivery_timeout;
+        // A topic unknown to the broker that answered may just have been created: the others
+        // learn of it from the controller within milliseconds, so ask again for a moment.
+        let started = std::time::Instant::now();
+        let deadline = started + self.shared.settings.delivery_timeout;
+        let unknown_until = started + UNKNOWN_TOPIC_WAIT.min(self.shared.settings.delivery_timeout);
         let mut backoff = self.shared.settings.retry_backoff;
         let topic = loop {
             match client.topic(&record.topic).await {
                 Ok(topic) => break topic,
-                Err(e) if e.is_retriable() && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if (e.is_retriable() && std::time::Instant::now() < deadline)
+                        || (e.code() == Some(v1::ErrorCode::UnknownTopic)
+                            && std::time::Instant::now() < unknown_until) =>
+                {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
