@@ -217,7 +217,10 @@ impl TestCluster {
         let mut cluster = TestCluster {
             nodes,
             proxies,
-            binary: PathBuf::from(binary),
+            // `STRATA_TEST_NODE_BIN` runs another build of the node (a soak run of copied
+            // binaries while the tree is rebuilt).
+            binary: std::env::var_os("STRATA_TEST_NODE_BIN")
+                .map_or_else(|| PathBuf::from(binary), PathBuf::from),
             _dir: dir,
         };
         for id in 1..=n {
