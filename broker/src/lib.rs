@@ -20,6 +20,7 @@
 //! - `node`: the state shared by services and tasks.
 //! - [`topics`]: topic metadata on disk and the topic registry; [`partition`]: a partition's
 //!   log, high watermark, append and read paths.
+//! - [`agg`]: windowed aggregations folded as batches are applied.
 //! - [`groups`]: consumer-group coordinator; `groups::membership` is the pure state machine,
 //!   `groups::assign` the range assignor.
 //! - `service`: the gRPC services; `service::status` maps errors to statuses.
@@ -28,6 +29,7 @@
 //! - [`process`]: logging, signals and error reporting shared by the binaries.
 #![forbid(unsafe_code)]
 
+pub mod agg;
 pub mod cluster;
 pub mod config;
 mod error;

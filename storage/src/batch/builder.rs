@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use super::{
-    ATTR_LOG_APPEND_TIME, BATCH_CRC_START, BATCH_HEADER_LEN, BATCH_LENGTH_FIELD_END, BATCH_VERSION,
-    RecordBatch, TimestampType, layout,
+    ATTR_CONTROL, ATTR_LOG_APPEND_TIME, BATCH_CRC_START, BATCH_HEADER_LEN, BATCH_LENGTH_FIELD_END,
+    BATCH_VERSION, RecordBatch, TimestampType, layout,
 };
 use crate::error::{Error, Result};
 use crate::varint::{put_varint, varint_len};
@@ -87,6 +87,7 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    control: bool,
 }
 
 impl Default for BatchBuilder {
@@ -114,6 +115,7 @@ impl BatchBuilder {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            control: false,
         }
     }
 
@@ -125,7 +127,14 @@ impl BatchBuilder {
         self
     }
 
-    /// Declares who set the timestamps.
+    /// Marks the batch as a control batch (the broker's own records; see
+    /// [`RecordBatch::is_control`]).
+    pub fn control(mut self) -> Self {
+        self.control = true;
+        self
+    }
+
+    /// Sets who assigned the timestamps.
     pub fn timestamp_type(mut self, timestamp_type: TimestampType) -> Self {
         self.timestamp_type = timestamp_type;
         self
@@ -198,10 +207,13 @@ impl BatchBuilder {
         }
         let mut buf = self.buf;
         let length = (buf.len() - BATCH_LENGTH_FIELD_END) as u32;
-        let attributes: u16 = match self.timestamp_type {
+        let mut attributes: u16 = match self.timestamp_type {
             TimestampType::CreateTime => 0,
             TimestampType::LogAppendTime => ATTR_LOG_APPEND_TIME,
         };
+        if self.control {
+            attributes |= ATTR_CONTROL;
+        }
         buf[layout::BASE_OFFSET..layout::BASE_OFFSET + 8].copy_from_slice(&0u64.to_le_bytes());
         buf[layout::LENGTH..layout::LENGTH + 4].copy_from_slice(&length.to_le_bytes());
         buf[layout::VERSION] = BATCH_VERSION;

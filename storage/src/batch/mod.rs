@@ -10,7 +10,8 @@
 //!      8    4 length            bytes after this field (total length - 12)
 //!     12    4 crc               CRC32 (crc32fast, IEEE) of bytes 16..end
 //!     16    1 version           format version, currently 1
-//!     17    2 attributes        bits 0-2 compression (0 = none), bit 3 timestamp type
+//!     17    2 attributes        bits 0-2 compression (0 = none), bit 3 timestamp type,
+//!                                 bit 5 control (the broker's own records, not the producer's)
 //!     19    4 record_count      at least 1; offsets are base_offset .. base_offset+count
 //!     23    8 first_timestamp   timestamp (ms) of the first record; deltas are from it
 //!     31    8 max_timestamp     greatest record timestamp in the batch
@@ -67,7 +68,8 @@ pub(crate) mod layout {
 
 const ATTR_COMPRESSION_MASK: u16 = 0b111;
 const ATTR_LOG_APPEND_TIME: u16 = 0b1000;
-const ATTR_KNOWN: u16 = ATTR_COMPRESSION_MASK | ATTR_LOG_APPEND_TIME;
+const ATTR_CONTROL: u16 = 0b10_0000;
+const ATTR_KNOWN: u16 = ATTR_COMPRESSION_MASK | ATTR_LOG_APPEND_TIME | ATTR_CONTROL;
 
 /// Who assigned the record timestamps of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -204,6 +206,13 @@ impl RecordBatch {
         } else {
             TimestampType::CreateTime
         }
+    }
+
+    /// Whether this is a control batch: written by the broker itself (for example to start
+    /// an aggregation at this point of the log), skipped by consumers. Producers may not send
+    /// one.
+    pub fn is_control(&self) -> bool {
+        self.attributes() & ATTR_CONTROL != 0
     }
 
     /// Producer id, or -1 when the producer is not idempotent.

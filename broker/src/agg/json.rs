@@ -1,0 +1,513 @@
+//! Pulls the few fields an aggregation needs out of a JSON record value in one pass, without
+//! building a document: values at the wanted paths are decoded, everything else is skipped.
+
+use std::borrow::Cow;
+
+/// Deepest nesting walked; deeper documents are treated as malformed.
+const MAX_DEPTH: usize = 64;
+
+/// A dotted path into nested objects (`a.b.c`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Path(Vec<String>);
+
+impl Path {
+    /// Parses `a.b.c`: non-empty parts of letters, digits, `_`, `-`, `@`, `$` or `:`.
+    pub fn parse(text: &str) -> Result<Path, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("a field path is empty".into());
+        }
+        let mut parts = Vec::new();
+        for part in text.split('.') {
+            if part.is_empty() {
+                return Err(format!("field path `{text}` has an empty part"));
+            }
+            if !part
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '@' | '$' | ':'))
+            {
+                return Err(format!(
+                    "field path `{text}`: `{part}` may hold only letters, digits, _, -, @, $ and :"
+                ));
+            }
+            parts.push(part.to_string());
+        }
+        Ok(Path(parts))
+    }
+}
+
+/// A JSON value found at a path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    /// A number.
+    Num(f64),
+    /// A string (borrowed unless it had escapes).
+    Str(Cow<'a, str>),
+    /// `true` or `false`.
+    Bool(bool),
+    /// `null`.
+    Null,
+    /// An object or array.
+    Nested,
+}
+
+impl Scalar<'_> {
+    /// The text a group-by uses: strings as they are, other scalars as JSON writes them.
+    pub fn group_text(&self) -> String {
+        match self {
+            Scalar::Str(s) => s.to_string(),
+            Scalar::Num(n) => format_number(*n),
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Null => "null".into(),
+            Scalar::Nested => "{…}".into(),
+        }
+    }
+}
+
+/// Numbers as JSON writes them: integers without a fraction.
+pub fn format_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+/// Finds the values of `paths` in `doc`. `out[i]` is the value at `paths[i]` (`None` when
+/// absent). Returns `false` when `doc` is not a JSON object (or is malformed before all
+/// values were found).
+pub fn extract<'a>(doc: &'a [u8], paths: &[Path], out: &mut Vec<Option<Scalar<'a>>>) -> bool {
+    out.clear();
+    out.resize(paths.len(), None);
+    let mut p = Parser { b: doc, i: 0 };
+    p.ws();
+    if p.peek() != Some(b'{') {
+        return false;
+    }
+    let wanted: Vec<usize> = (0..paths.len()).collect();
+    p.object(paths, &wanted, 0, out).is_some()
+}
+
+struct Parser<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.peek() == Some(c)).then(|| self.i += 1)
+    }
+
+    /// An object at `self.i`; `wanted` are the paths whose first `depth` parts led here.
+    fn object(
+        &mut self,
+        paths: &[Path],
+        wanted: &[usize],
+        depth: usize,
+        out: &mut [Option<Scalar<'a>>],
+    ) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.eat(b':')?;
+            self.ws();
+            let here: Vec<usize> = wanted
+                .iter()
+                .copied()
+                .filter(|w| paths[*w].0.get(depth).is_some_and(|k| *k == *key))
+                .collect();
+            if here.is_empty() {
+                self.skip(depth)?;
+            } else {
+                let deeper: Vec<usize> = here
+                    .iter()
+                    .copied()
+                    .filter(|w| paths[*w].0.len() > depth + 1)
+                    .collect();
+                if !deeper.is_empty() && self.peek() == Some(b'{') {
+                    self.object(paths, &deeper, depth + 1, out)?;
+                    if deeper.len() < here.len() {
+                        // Some path also ends here: the value is the nested object.
+                        for w in here.iter().filter(|w| paths[**w].0.len() == depth + 1) {
+                            out[*w] = Some(Scalar::Nested);
+                        }
+                    }
+                } else {
+                    let value = self.value(depth)?;
+                    for w in &here {
+                        if paths[*w].0.len() == depth + 1 {
+                            out[*w] = Some(value.clone());
+                        }
+                    }
+                }
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A value, decoded when scalar.
+    fn value(&mut self, depth: usize) -> Option<Scalar<'a>> {
+        self.ws();
+        Some(match self.peek()? {
+            b'"' => Scalar::Str(self.string()?),
+            b'{' | b'[' => {
+                self.skip(depth)?;
+                Scalar::Nested
+            }
+            b't' => {
+                self.literal(b"true")?;
+                Scalar::Bool(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                Scalar::Bool(false)
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                Scalar::Null
+            }
+            _ => Scalar::Num(self.number()?),
+        })
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + word.len())? == word {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn number(&mut self) -> Option<f64> {
+        let start = self.i;
+        while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.peek() {
+            self.i += 1;
+        }
+        let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+        text.parse::<f64>().ok().filter(|n| n.is_finite())
+    }
+
+    /// A string at `self.i` (after whitespace), unescaped only when it holds escapes.
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.ws();
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match self.peek()? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                _ => self.i += 1,
+            }
+        }
+        let raw = self.b.get(start..self.i)?;
+        self.i += 1;
+        if !escaped {
+            return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
+        }
+        // Rare: let serde_json do the unescaping (including surrogate pairs).
+        let quoted = self.b.get(start - 1..self.i)?;
+        serde_json::from_slice::<String>(quoted)
+            .ok()
+            .map(Cow::Owned)
+    }
+
+    /// Skips any value.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        b'\\' => self.i += 2,
+                        _ => self.i += 1,
+                    }
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.string()?;
+                    self.eat(b':')?;
+                    self.skip(depth + 1)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip(depth + 1)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => self.value(depth).map(|_| ()),
+        }
+    }
+}
+
+/// Event time in epoch milliseconds from a JSON value: an RFC 3339 string, or a number of
+/// milliseconds (seconds when its magnitude is below 10^11, i.e. before 1973 as ms).
+pub fn event_time(value: &Scalar<'_>) -> Result<i64, &'static str> {
+    match value {
+        Scalar::Num(n) => {
+            let ms = if n.abs() < 1e11 { n * 1000.0 } else { *n };
+            if ms.abs() > 1e16 {
+                return Err("time out of range");
+            }
+            Ok(ms.floor() as i64)
+        }
+        Scalar::Str(s) => parse_rfc3339(s).ok_or("time is not RFC 3339"),
+        _ => Err("time is not a string or number"),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff…](Z|±HH:MM)` (a space or `t` for `T`, `z` for `Z`) to epoch ms.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
+        return None;
+    }
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if b.get(13) != Some(&b':') || b.get(16) != Some(&b':') {
+        return None;
+    }
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            if i - start < 3 {
+                millis = millis * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..3 {
+            millis *= 10;
+        }
+    }
+    let offset_min = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let m = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            if *sign == b'+' { m } else { -m }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(doc: &'a str, paths: &[&str]) -> Option<Vec<Option<Scalar<'a>>>> {
+        let paths: Vec<Path> = paths.iter().map(|p| Path::parse(p).unwrap()).collect();
+        let mut out = Vec::new();
+        extract(doc.as_bytes(), &paths, &mut out).then_some(out)
+    }
+
+    #[test]
+    fn finds_nested_fields_and_skips_the_rest() {
+        let doc = r#"{"a": [1, {"x": "}"}], "s": "t\"x", "n": {"m": {"k": -1.5e2}, "z": null},
+                     "b": true, "u": "caf\u00e9"}"#;
+        let out = get(
+            doc,
+            &[
+                "n.m.k",
+                "s",
+                "b",
+                "missing",
+                "n.z",
+                "u",
+                "a",
+                "n.m.k.deeper",
+            ],
+        )
+        .unwrap();
+        assert_eq!(out[0], Some(Scalar::Num(-150.0)));
+        assert_eq!(out[1], Some(Scalar::Str("t\"x".into())));
+        assert_eq!(out[2], Some(Scalar::Bool(true)));
+        assert_eq!(out[3], None);
+        assert_eq!(out[4], Some(Scalar::Null));
+        assert_eq!(out[5], Some(Scalar::Str("café".into())));
+        assert_eq!(out[6], Some(Scalar::Nested));
+        assert_eq!(out[7], None);
+        // Values serde_json agrees on.
+        for doc in [
+            r#"{"k": 12}"#,
+            r#"{"k": "v"}"#,
+            r#"{"x": {"y": [1,2]}, "k": 0.25}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(doc).unwrap();
+            let out = get(doc, &["k"]).unwrap();
+            match &v["k"] {
+                serde_json::Value::Number(n) => {
+                    assert_eq!(out[0], Some(Scalar::Num(n.as_f64().unwrap())))
+                }
+                serde_json::Value::String(s) => {
+                    assert_eq!(out[0], Some(Scalar::Str(s.clone().into())))
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_and_hostile_documents_are_refused_not_panicked_on() {
+        for doc in [
+            "",
+            "[1]",
+            "{",
+            r#"{"a" 1}"#,
+            r#"{"a": tru}"#,
+            r#"{"a": "x"#,
+            "{\"a\": \"\\",
+        ] {
+            assert!(
+                get(doc, &["a"]).is_none() || get(doc, &["a"]).unwrap()[0].is_none(),
+                "{doc}"
+            );
+        }
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(get(&deep, &["b"]).is_none());
+    }
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:34:56.789Z"),
+            Some(1_709_210_096_789)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T14:34:56.7+02:00"),
+            Some(1_709_210_096_700)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29 12:34:56z"),
+            Some(1_709_210_096_000)
+        );
+        for bad in [
+            "2024-13-01T00:00:00Z",
+            "2024-02-29",
+            "2024-02-29T12:34:56",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(
+            event_time(&Scalar::Num(1_700_000_000.5)),
+            Ok(1_700_000_000_500)
+        );
+        assert_eq!(
+            event_time(&Scalar::Num(1_700_000_000_123.0)),
+            Ok(1_700_000_000_123)
+        );
+        assert!(event_time(&Scalar::Bool(true)).is_err());
+    }
+}

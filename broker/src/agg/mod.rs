@@ -1,0 +1,286 @@
+//! Windowed aggregations computed on write.
+//!
+//! An aggregation is defined through the controller ([`def::AggregationDef`]). Each partition
+//! leader then writes a *control batch* into its partition's log that starts it (or stops
+//! it), so every replica starts folding at the same offset: the state is a pure function of
+//! the log, updated as committed batches are applied, carried in snapshots, and the same on
+//! a new leader after a fail-over. A start control record may ask for a backfill: the
+//! records already in the log are folded in first, in order.
+//!
+//! - [`json`]: one-pass extraction of the fields an aggregation reads.
+//! - [`filter`]: filter expressions.
+//! - [`def`]: definitions and their parsing.
+//! - [`state`]: windows, measures, watermark, late and skipped events.
+
+pub mod def;
+pub mod filter;
+pub mod json;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
+
+use self::def::{AggregationDef, MeasureKind};
+use self::state::{AggState, Compiled, Event, MeasureAcc, WindowKey};
+
+/// A control record in a partition's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Start aggregation `id` here; fold the records from `backfill_from` up to here first.
+    StartAggregation {
+        /// Aggregation id (from the controller; never reused).
+        id: u64,
+        /// Its definition.
+        def: Box<AggregationDef>,
+        /// First offset to backfill from, if any.
+        backfill_from: Option<u64>,
+    },
+    /// Stop aggregation `id` and drop its state.
+    StopAggregation {
+        /// Aggregation id.
+        id: u64,
+    },
+}
+
+impl Control {
+    /// As a one-record control batch.
+    pub fn to_batch(&self) -> Result<RecordBatch, String> {
+        let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        let mut b = BatchBuilder::with_capacity(json.len() + 128).control();
+        b.push(NewRecord::value(now_ms(), &json))
+            .map_err(|e| e.to_string())?;
+        b.finish().map_err(|e| e.to_string())
+    }
+
+    /// Reads a control batch's record back.
+    pub fn from_batch(batch: &RecordBatch) -> Option<Control> {
+        let record = batch.records().next()?;
+        serde_json::from_slice(record.value?).ok()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A running aggregation in a partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Running {
+    /// Its definition as started.
+    pub def: AggregationDef,
+    /// Offset of the control record that started it.
+    pub started_at: u64,
+    /// Its state.
+    pub state: AggState,
+    #[serde(skip)]
+    compiled: Option<Arc<Compiled>>,
+}
+
+impl PartialEq for Running {
+    fn eq(&self, other: &Self) -> bool {
+        self.def == other.def && self.started_at == other.started_at && self.state == other.state
+    }
+}
+
+impl Running {
+    /// The compiled definition (compiled on first use after a snapshot was loaded).
+    pub fn compiled(&mut self) -> Option<Arc<Compiled>> {
+        if self.compiled.is_none() {
+            match Compiled::new(self.def.clone()) {
+                Ok(c) => self.compiled = Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::error!(aggregation = %self.def.name, error = %e, "aggregation does not compile");
+                }
+            }
+        }
+        self.compiled.clone()
+    }
+}
+
+/// The aggregations running in one partition, by id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionAggs {
+    /// By aggregation id.
+    pub running: BTreeMap<u64, Running>,
+}
+
+impl PartitionAggs {
+    /// Applies a control batch at `offset`. Returns the backfill to run, if any: (id, from
+    /// offset, up to offset).
+    pub fn control(&mut self, control: Control, offset: u64) -> Option<(u64, u64, u64)> {
+        match control {
+            Control::StartAggregation {
+                id,
+                def,
+                backfill_from,
+            } => {
+                if self.running.contains_key(&id) {
+                    return None; // a second leader's duplicate start
+                }
+                let compiled = match Compiled::new((*def).clone()) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        tracing::error!(aggregation = %def.name, error = %e, "refusing to start an aggregation that does not compile");
+                        return None;
+                    }
+                };
+                self.running.insert(
+                    id,
+                    Running {
+                        def: *def,
+                        started_at: offset,
+                        state: AggState::default(),
+                        compiled: Some(compiled),
+                    },
+                );
+                backfill_from.map(|from| (id, from, offset))
+            }
+            Control::StopAggregation { id } => {
+                self.running.remove(&id);
+                None
+            }
+        }
+    }
+
+    /// Folds a data batch into every running aggregation (or only `only`).
+    pub fn fold_batch(&mut self, batch: &RecordBatch, only: Option<u64>) {
+        let mut scratch = Vec::new();
+        for (id, running) in &mut self.running {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            let Some(compiled) = running.compiled() else {
+                continue;
+            };
+            for record in batch.records() {
+                let event = Event {
+                    timestamp: record.timestamp,
+                    key: record.key,
+                    value: record.value,
+                };
+                running.state.fold(&compiled, &event, &mut scratch);
+            }
+            running.state.advance(&compiled);
+        }
+    }
+
+    /// Whether any aggregation runs.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}
+
+/// A window row of a query, partial (one partition) or merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Window start (ms).
+    pub start: i64,
+    /// Window end (ms, exclusive).
+    pub end: i64,
+    /// Group values.
+    pub group: Vec<String>,
+    /// Partial measure values.
+    pub measures: Vec<MeasureAcc>,
+    /// Events in it.
+    pub events: u64,
+    /// Closed in every partition that has it.
+    pub closed: bool,
+}
+
+impl Row {
+    /// The reported measure values.
+    pub fn values(&self, def: &AggregationDef) -> Vec<Option<f64>> {
+        self.measures
+            .iter()
+            .zip(&def.measures)
+            .map(|(acc, m)| acc.value(m.kind))
+            .collect()
+    }
+}
+
+/// What a query selects.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Windows ending after this (ms).
+    pub from: Option<i64>,
+    /// Windows starting before this (ms).
+    pub to: Option<i64>,
+    /// Group-by part name → required value.
+    pub groups: Vec<(String, String)>,
+}
+
+impl Selection {
+    fn matches(&self, def: &AggregationDef, key: &WindowKey, end: i64) -> bool {
+        let (group, start) = key;
+        if self.from.is_some_and(|f| end <= f) || self.to.is_some_and(|t| *start >= t) {
+            return false;
+        }
+        self.groups.iter().all(|(name, value)| {
+            def.group_by
+                .iter()
+                .position(|g| g.to_string() == *name)
+                .is_some_and(|i| group.get(i) == Some(value))
+        })
+    }
+}
+
+/// The selected rows of one partition's state.
+pub fn partial_rows(def: &AggregationDef, state: &AggState, sel: &Selection) -> Vec<Row> {
+    state
+        .windows
+        .iter()
+        .filter(|(k, w)| sel.matches(def, k, w.end))
+        .map(|((group, start), w)| Row {
+            start: *start,
+            end: w.end,
+            group: group.clone(),
+            measures: w.measures.clone(),
+            events: w.events,
+            closed: w.closed,
+        })
+        .collect()
+}
+
+/// Merges partial rows of several partitions: the same (group, start, end) window is one row
+/// (sums and counts added, sketches and distinct sets merged). Ordered by start, then group.
+pub fn merge_rows(parts: impl IntoIterator<Item = Row>) -> Vec<Row> {
+    let mut merged: BTreeMap<(i64, Vec<String>, i64), Row> = BTreeMap::new();
+    for row in parts {
+        match merged.entry((row.start, row.group.clone(), row.end)) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(row);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let m = o.get_mut();
+                for (a, b) in m.measures.iter_mut().zip(&row.measures) {
+                    a.merge(b);
+                }
+                m.events += row.events;
+                m.closed &= row.closed;
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+/// A measure's display name and whether its values are counts.
+pub fn measure_names(def: &AggregationDef) -> Vec<(String, bool)> {
+    def.measures
+        .iter()
+        .map(|m| {
+            (
+                m.to_string(),
+                matches!(m.kind, MeasureKind::Count | MeasureKind::CountDistinct),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

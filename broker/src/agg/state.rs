@@ -1,0 +1,566 @@
+//! One aggregation's state in one partition: open and recently closed windows per group,
+//! the watermark, and the late and skipped counters. Folding is deterministic (it depends
+//! only on the records, in log order), so every replica holds the same state.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use super::def::{AggregationDef, GroupBy, MeasureKind, TimeSource, Window};
+use super::filter::Expr;
+use super::json::{self, Path, Scalar};
+
+/// A definition made ready to fold records: paths resolved to slots.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The definition.
+    pub def: AggregationDef,
+    paths: Vec<Path>,
+    time_slot: Option<usize>,
+    group_slots: Vec<Option<usize>>,
+    measure_slots: Vec<Option<usize>>,
+    filter: Option<(Expr, Vec<usize>)>,
+}
+
+impl Compiled {
+    /// Compiles a definition (validating it).
+    pub fn new(def: AggregationDef) -> Result<Compiled, String> {
+        def.validate()?;
+        let mut paths: Vec<Path> = Vec::new();
+        let mut slot = |text: &str| -> Result<usize, String> {
+            let p = Path::parse(text)?;
+            Ok(match paths.iter().position(|q| *q == p) {
+                Some(i) => i,
+                None => {
+                    paths.push(p);
+                    paths.len() - 1
+                }
+            })
+        };
+        let time_slot = match &def.time {
+            TimeSource::Timestamp => None,
+            TimeSource::Field(f) => Some(slot(f)?),
+        };
+        let group_slots = def
+            .group_by
+            .iter()
+            .map(|g| match g {
+                GroupBy::Key => Ok(None),
+                GroupBy::Field(f) => slot(f).map(Some),
+            })
+            .collect::<Result<_, String>>()?;
+        let measure_slots = def
+            .measures
+            .iter()
+            .map(|m| m.field.as_deref().map(&mut slot).transpose())
+            .collect::<Result<_, String>>()?;
+        let filter = match &def.filter {
+            None => None,
+            Some(f) => {
+                let (expr, fields) = Expr::parse_with_fields(f)?;
+                let slots = fields
+                    .iter()
+                    .map(|f| slot(f))
+                    .collect::<Result<_, String>>()?;
+                Some((expr, slots))
+            }
+        };
+        Ok(Compiled {
+            def,
+            paths,
+            time_slot,
+            group_slots,
+            measure_slots,
+            filter,
+        })
+    }
+}
+
+/// One measure's running value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasureAcc {
+    /// Events counted.
+    Count(u64),
+    /// Sum and how many values went in (sum, avg).
+    Sum {
+        /// Sum.
+        sum: f64,
+        /// Values.
+        n: u64,
+    },
+    /// Smallest value.
+    Min(Option<f64>),
+    /// Largest value.
+    Max(Option<f64>),
+    /// Quantile sketch (absent until the first value).
+    Sketch(Option<Box<Sketch>>),
+    /// Distinct values.
+    Distinct(RoaringBitmap),
+}
+
+impl PartialEq for MeasureAcc {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (MeasureAcc::Count(a), MeasureAcc::Count(b)) => a == b,
+            (MeasureAcc::Sum { sum, n }, MeasureAcc::Sum { sum: s2, n: n2 }) => {
+                sum == s2 && n == n2
+            }
+            (MeasureAcc::Min(a), MeasureAcc::Min(b)) | (MeasureAcc::Max(a), MeasureAcc::Max(b)) => {
+                a == b
+            }
+            // Sketches compare by what they summarise.
+            (MeasureAcc::Sketch(a), MeasureAcc::Sketch(b)) => {
+                let key = |s: &Option<Box<Sketch>>| {
+                    s.as_ref().map(|s| {
+                        let s = &s.0;
+                        (s.count(), s.sum(), s.min(), s.max(), s.quantile(0.5).ok())
+                    })
+                };
+                key(a) == key(b)
+            }
+            (MeasureAcc::Distinct(a), MeasureAcc::Distinct(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A DDSketch (relative accuracy 1%, at most 2048 bins per sign).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sketch(DDSketch);
+
+impl std::fmt::Debug for Sketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sketch")
+            .field("count", &self.0.count())
+            .field("min", &self.0.min())
+            .field("max", &self.0.max())
+            .finish()
+    }
+}
+
+fn sketch_config() -> SketchConfig {
+    SketchConfig::new(0.01, 2048, 1.0e-9)
+}
+
+impl MeasureAcc {
+    fn new(kind: MeasureKind) -> MeasureAcc {
+        match kind {
+            MeasureKind::Count => MeasureAcc::Count(0),
+            MeasureKind::Sum | MeasureKind::Avg => MeasureAcc::Sum { sum: 0.0, n: 0 },
+            MeasureKind::Min => MeasureAcc::Min(None),
+            MeasureKind::Max => MeasureAcc::Max(None),
+            MeasureKind::Quantile(_) => MeasureAcc::Sketch(None),
+            MeasureKind::CountDistinct => MeasureAcc::Distinct(RoaringBitmap::new()),
+        }
+    }
+
+    fn add(&mut self, value: Option<&Scalar<'_>>) {
+        let num = match value {
+            Some(Scalar::Num(n)) => Some(*n),
+            _ => None,
+        };
+        match self {
+            MeasureAcc::Count(c) => *c += 1,
+            MeasureAcc::Sum { sum, n } => {
+                if let Some(v) = num {
+                    *sum += v;
+                    *n += 1;
+                }
+            }
+            MeasureAcc::Min(m) => {
+                if let Some(v) = num {
+                    *m = Some(m.map_or(v, |m| m.min(v)));
+                }
+            }
+            MeasureAcc::Max(m) => {
+                if let Some(v) = num {
+                    *m = Some(m.map_or(v, |m| m.max(v)));
+                }
+            }
+            MeasureAcc::Sketch(s) => {
+                if let Some(v) = num {
+                    s.get_or_insert_with(|| Box::new(Sketch(DDSketch::new(sketch_config()))))
+                        .0
+                        .add(v);
+                }
+            }
+            MeasureAcc::Distinct(set) => {
+                if let Some(v) = value {
+                    set.insert(distinct_id(v));
+                }
+            }
+        }
+    }
+
+    /// Folds another partial value of the same measure in.
+    pub fn merge(&mut self, other: &MeasureAcc) {
+        match (self, other) {
+            (MeasureAcc::Count(a), MeasureAcc::Count(b)) => *a += b,
+            (MeasureAcc::Sum { sum, n }, MeasureAcc::Sum { sum: s2, n: n2 }) => {
+                *sum += s2;
+                *n += n2;
+            }
+            (MeasureAcc::Min(a), MeasureAcc::Min(b)) => {
+                *a = match (*a, *b) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, y) => x.or(y),
+                }
+            }
+            (MeasureAcc::Max(a), MeasureAcc::Max(b)) => {
+                *a = match (*a, *b) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                }
+            }
+            (MeasureAcc::Sketch(a), MeasureAcc::Sketch(Some(b))) => match a {
+                Some(a) => {
+                    // Same configuration everywhere, so merging cannot fail.
+                    let _ = a.0.merge(&b.0);
+                }
+                None => *a = Some(b.clone()),
+            },
+            (MeasureAcc::Sketch(_), MeasureAcc::Sketch(None)) => {}
+            (MeasureAcc::Distinct(a), MeasureAcc::Distinct(b)) => *a |= b,
+            _ => {}
+        }
+    }
+
+    /// The reported value.
+    pub fn value(&self, kind: MeasureKind) -> Option<f64> {
+        match (self, kind) {
+            (MeasureAcc::Count(c), _) => Some(*c as f64),
+            (MeasureAcc::Sum { sum, .. }, MeasureKind::Sum) => Some(*sum),
+            (MeasureAcc::Sum { sum, n }, _) => (*n > 0).then(|| sum / *n as f64),
+            (MeasureAcc::Min(m) | MeasureAcc::Max(m), _) => *m,
+            (MeasureAcc::Sketch(s), MeasureKind::Quantile(q)) => {
+                s.as_ref().and_then(|s| s.0.quantile(q).ok().flatten())
+            }
+            (MeasureAcc::Sketch(_), _) => None,
+            (MeasureAcc::Distinct(set), _) => Some(set.len() as f64),
+        }
+    }
+}
+
+/// The id a distinct value counts as: an integer in 0..2^32 is itself; anything else a CRC32
+/// of its text (so strings and larger numbers may collide, about n/2^33 relative error).
+fn distinct_id(v: &Scalar<'_>) -> u32 {
+    match v {
+        Scalar::Num(n) if n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX) => *n as u32,
+        other => crc32fast::hash(other.group_text().as_bytes()),
+    }
+}
+
+/// A window's partial result for one group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowAcc {
+    /// Window end (exclusive), in event-time ms.
+    pub end: i64,
+    /// One value per measure.
+    pub measures: Vec<MeasureAcc>,
+    /// Whether the watermark has passed the end.
+    pub closed: bool,
+    /// Events that went in.
+    pub events: u64,
+}
+
+/// Key of a window: group values, then start.
+pub type WindowKey = (Vec<String>, i64);
+
+/// An aggregation's state in one partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AggState {
+    /// Largest event time seen.
+    pub max_event_time: Option<i64>,
+    /// Windows by (group, start).
+    #[serde(with = "window_list")]
+    pub windows: BTreeMap<WindowKey, WindowAcc>,
+    /// Events (or parts of events, for hopping windows) that came after their window closed.
+    pub late_events: u64,
+    /// Events left out, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Events folded in.
+    pub events: u64,
+    /// Windows closed so far (they are numbered in closing order for the output topic).
+    pub closed_windows: u64,
+}
+
+/// A record as the fold sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// Record timestamp (ms).
+    pub timestamp: i64,
+    /// Record key.
+    pub key: Option<&'a [u8]>,
+    /// Record value.
+    pub value: Option<&'a [u8]>,
+}
+
+impl AggState {
+    /// The watermark: largest event time minus the allowed lateness.
+    pub fn watermark(&self, c: &Compiled) -> Option<i64> {
+        self.max_event_time
+            .map(|t| t.saturating_sub(c.def.lateness_ms as i64))
+    }
+
+    fn skip(&mut self, reason: String) {
+        *self.skipped.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Folds one record in; `scratch` is reused between calls.
+    pub fn fold<'a>(
+        &mut self,
+        c: &Compiled,
+        event: &Event<'a>,
+        scratch: &mut Vec<Option<Scalar<'a>>>,
+    ) {
+        if c.paths.is_empty() {
+            scratch.clear();
+        } else {
+            let parsed = event
+                .value
+                .is_some_and(|v| json::extract(v, &c.paths, scratch));
+            if !parsed {
+                self.skip("value is not a JSON object".into());
+                return;
+            }
+        }
+        if let Some((expr, slots)) = &c.filter {
+            let fields: Vec<Option<Scalar<'_>>> =
+                slots.iter().map(|s| scratch[*s].clone()).collect();
+            if !expr.eval(&fields) {
+                return;
+            }
+        }
+        let time = match c.time_slot {
+            None => event.timestamp,
+            Some(slot) => match scratch[slot].as_ref().map(json::event_time) {
+                Some(Ok(t)) => t,
+                Some(Err(why)) => return self.skip(format!("{why} ({})", field_of(&c.def.time))),
+                None => return self.skip(format!("no time field ({})", field_of(&c.def.time))),
+            },
+        };
+        let mut group = Vec::with_capacity(c.group_slots.len());
+        for (g, slot) in c.def.group_by.iter().zip(&c.group_slots) {
+            match slot {
+                None => group.push(event.key.map_or_else(
+                    || "null".to_string(),
+                    |k| String::from_utf8_lossy(k).into_owned(),
+                )),
+                Some(s) => match &scratch[*s] {
+                    Some(Scalar::Nested) => {
+                        return self.skip(format!("group field {g} is not a scalar"));
+                    }
+                    Some(v) => group.push(v.group_text()),
+                    None => return self.skip(format!("no group field {g}")),
+                },
+            }
+        }
+        for (m, slot) in c.def.measures.iter().zip(&c.measure_slots) {
+            if let Some(slot) = slot {
+                let ok = match (m.kind, &scratch[*slot]) {
+                    (MeasureKind::CountDistinct, Some(Scalar::Nested) | None) => false,
+                    (MeasureKind::CountDistinct, Some(_)) => true,
+                    (_, Some(Scalar::Num(_))) => true,
+                    _ => false,
+                };
+                if !ok {
+                    self.skip(format!("{m}: no usable value"));
+                }
+            }
+        }
+        self.max_event_time = Some(self.max_event_time.map_or(time, |m| m.max(time)));
+        let watermark = self.watermark(c).unwrap_or(i64::MIN);
+        let values: Vec<Option<&Scalar<'_>>> = c
+            .measure_slots
+            .iter()
+            .map(|s| s.and_then(|s| scratch[s].as_ref()))
+            .collect();
+        let mut late = false;
+        let mut folded = false;
+        match c.def.window {
+            Window::Tumbling { size_ms } => {
+                let size = size_ms as i64;
+                let start = time.div_euclid(size) * size;
+                if start.saturating_add(size) <= watermark {
+                    late = true;
+                } else {
+                    self.add_to(c, group, start, start.saturating_add(size), &values);
+                    folded = true;
+                }
+            }
+            Window::Hopping {
+                size_ms,
+                advance_ms,
+            } => {
+                let (size, advance) = (size_ms as i64, advance_ms as i64);
+                let last = time.div_euclid(advance) * advance;
+                let mut start = last;
+                let mut starts = Vec::new();
+                while start > time.saturating_sub(size) {
+                    starts.push(start);
+                    start -= advance;
+                }
+                for start in starts.into_iter().rev() {
+                    let end = start.saturating_add(size);
+                    if end <= watermark {
+                        late = true;
+                    } else {
+                        self.add_to(c, group.clone(), start, end, &values);
+                        folded = true;
+                    }
+                }
+            }
+            Window::Session { gap_ms } => {
+                if time < watermark {
+                    late = true;
+                } else {
+                    self.add_to_session(c, group, time, gap_ms as i64, &values);
+                    folded = true;
+                }
+            }
+        }
+        if late {
+            self.late_events += 1;
+        }
+        if folded {
+            self.events += 1;
+        }
+    }
+
+    fn add_to(
+        &mut self,
+        c: &Compiled,
+        group: Vec<String>,
+        start: i64,
+        end: i64,
+        values: &[Option<&Scalar<'_>>],
+    ) {
+        let w = self
+            .windows
+            .entry((group, start))
+            .or_insert_with(|| WindowAcc {
+                end,
+                measures: c
+                    .def
+                    .measures
+                    .iter()
+                    .map(|m| MeasureAcc::new(m.kind))
+                    .collect(),
+                closed: false,
+                events: 0,
+            });
+        w.events += 1;
+        for (acc, v) in w.measures.iter_mut().zip(values) {
+            acc.add(*v);
+        }
+    }
+
+    /// Adds an event at `time` to its group's sessions, merging every open session it
+    /// touches (a session spans [first event, last event + gap)).
+    fn add_to_session(
+        &mut self,
+        c: &Compiled,
+        group: Vec<String>,
+        time: i64,
+        gap: i64,
+        values: &[Option<&Scalar<'_>>],
+    ) {
+        let lo = (group.clone(), i64::MIN);
+        let hi = (group.clone(), time.saturating_add(gap));
+        let touching: Vec<i64> = self
+            .windows
+            .range((Bound::Included(lo), Bound::Excluded(hi)))
+            .filter(|(_, w)| !w.closed && w.end > time)
+            .map(|((_, start), _)| *start)
+            .collect();
+        let mut start = time;
+        let mut end = time.saturating_add(gap);
+        let mut merged = WindowAcc {
+            end,
+            measures: c
+                .def
+                .measures
+                .iter()
+                .map(|m| MeasureAcc::new(m.kind))
+                .collect(),
+            closed: false,
+            events: 0,
+        };
+        for s in touching {
+            if let Some(w) = self.windows.remove(&(group.clone(), s)) {
+                start = start.min(s);
+                end = end.max(w.end);
+                merged.events += w.events;
+                for (a, b) in merged.measures.iter_mut().zip(&w.measures) {
+                    a.merge(b);
+                }
+            }
+        }
+        merged.end = end;
+        merged.events += 1;
+        for (acc, v) in merged.measures.iter_mut().zip(values) {
+            acc.add(*v);
+        }
+        self.windows.insert((group, start), merged);
+    }
+
+    /// Closes the windows the watermark has passed and forgets closed ones older than the
+    /// retention. Returns the keys of the windows closed now, in closing order.
+    pub fn advance(&mut self, c: &Compiled) -> Vec<WindowKey> {
+        let Some(watermark) = self.watermark(c) else {
+            return Vec::new();
+        };
+        let mut closed: Vec<(i64, WindowKey)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| !w.closed && w.end <= watermark)
+            .map(|(k, w)| (w.end, k.clone()))
+            .collect();
+        closed.sort();
+        for (_, k) in &closed {
+            if let Some(w) = self.windows.get_mut(k) {
+                w.closed = true;
+            }
+        }
+        self.closed_windows += closed.len() as u64;
+        let forget_before = watermark.saturating_sub(c.def.retain_ms as i64);
+        self.windows
+            .retain(|_, w| !(w.closed && w.end < forget_before));
+        closed.into_iter().map(|(_, k)| k).collect()
+    }
+}
+
+/// Windows as a list of pairs (JSON maps need string keys).
+mod window_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{WindowAcc, WindowKey};
+
+    pub fn serialize<S: Serializer>(
+        windows: &BTreeMap<WindowKey, WindowAcc>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(windows.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<WindowKey, WindowAcc>, D::Error> {
+        let pairs: Vec<(WindowKey, WindowAcc)> = Vec::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
+}
+
+fn field_of(t: &TimeSource) -> &str {
+    match t {
+        TimeSource::Timestamp => "timestamp",
+        TimeSource::Field(f) => f,
+    }
+}
