@@ -18,6 +18,12 @@ pub enum Error {
     /// A topic of that name exists already.
     #[error("topic `{0}` already exists")]
     TopicExists(String),
+    /// The aggregation does not exist.
+    #[error("unknown aggregation `{0}`")]
+    UnknownAggregation(String),
+    /// An aggregation of that name exists already.
+    #[error("aggregation `{0}` already exists")]
+    AggregationExists(String),
     /// The topic has no such partition.
     #[error("topic `{topic}` has no partition {partition}")]
     UnknownPartition {

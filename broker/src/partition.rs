@@ -24,6 +24,7 @@ use strata_proto::v1;
 use strata_storage::{Fetched, PartitionLog, RecordBatch, RetentionPolicy};
 use tokio::sync::watch;
 
+use crate::agg::{Control, PartitionAggs};
 use crate::error::{Error, Result};
 use crate::raft::partition_sm::{SeqCheck, check_against, last_seq, next_seq};
 use crate::raft::service::PartitionRaft;
@@ -296,14 +297,7 @@ impl Partition {
     async fn wait_caught_up(&self, deadline: Instant) -> Result<()> {
         // The usual case, answered from one look at the metrics: openraft's `wait` clones
         // the whole metrics struct, which every produce request would pay for.
-        let caught_up_now = {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
-            m.current_leader == Some(self.node_id)
-                && m.last_applied
-                    .is_some_and(|l| l.leader_id.term == m.current_term)
-        };
-        if caught_up_now {
+        if self.leader_caught_up() {
             return Ok(());
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -502,6 +496,35 @@ impl Partition {
             .segments()
             .map(|s| s.iter().map(|s| s.bytes).sum())
             .unwrap_or(0)
+    }
+
+    /// Reads the partition's aggregation state.
+    pub fn with_aggs<R>(&self, f: impl FnOnce(&PartitionAggs) -> R) -> R {
+        f(&lock(&self.state).aggs)
+    }
+
+    /// Writes a control record through Raft (as the leader) and waits until it is applied.
+    pub async fn propose_control(&self, control: &Control) -> Result<()> {
+        let batch = control.to_batch().map_err(Error::Unavailable)?;
+        match self.raft.client_write(Batch(batch)).await {
+            Ok(_) => Ok(()),
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f.leader_id))
+            }
+            Err(e) => Err(Error::Unavailable(format!(
+                "{}/{}: control record not written: {e}",
+                self.topic, self.id
+            ))),
+        }
+    }
+
+    /// Whether this leader has applied everything of earlier terms (so its state is current).
+    pub fn leader_caught_up(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.current_leader == Some(self.node_id)
+            && m.last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term)
     }
 
     /// Applies retention: finds the purge point, makes sure a snapshot covers it, and asks

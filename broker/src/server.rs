@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use strata_proto::v1;
 
+use crate::agg::Control;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -34,6 +35,8 @@ pub const HTTP2_MAX_FRAME: u32 = (1 << 24) - 1;
 const CONTROLLER_SEGMENT_BYTES: u64 = 16 << 20;
 /// How often leadership is checked against the preferred replicas.
 const LEADER_BALANCE: Duration = Duration::from_secs(5);
+/// How often partition leaders check which aggregations should run.
+const AGG_RECONCILE: Duration = Duration::from_millis(250);
 
 /// How often silent group members are expired.
 const GROUP_SWEEP: Duration = Duration::from_millis(250);
@@ -194,6 +197,7 @@ impl Broker {
                 async move { cluster.register(advertised).await }
             }),
             tokio::spawn(balance_leaders(node.clone())),
+            tokio::spawn(reconcile_aggregations(node.clone())),
         ];
         tracing::info!(node_id = node.config.node_id, %address, http = ?http_address, data_dir = %node.config.data_dir.display(), "node started");
         Ok(Broker {
@@ -320,6 +324,50 @@ async fn follow_cluster(node: Arc<Node>) {
             tracing::error!(error = %e, "following the cluster state failed; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
             state.mark_changed();
+        }
+    }
+}
+
+/// Starts and stops aggregations in the partitions this node leads: each start or stop is a
+/// control record in the partition's log, so every replica folds from the same offset.
+async fn reconcile_aggregations(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(AGG_RECONCILE);
+    loop {
+        tick.tick().await;
+        let cluster = node.cluster.state().borrow().clone();
+        for topic in node.topics.all() {
+            let desired: Vec<_> = cluster
+                .aggregations
+                .values()
+                .filter(|a| a.def.topic == topic.name)
+                .collect();
+            for p in &topic.partitions {
+                if !p.leader_caught_up() {
+                    continue;
+                }
+                let running: Vec<u64> = p.with_aggs(|a| a.running.keys().copied().collect());
+                let mut controls = Vec::new();
+                for a in &desired {
+                    if !running.contains(&a.id) {
+                        controls.push(Control::StartAggregation {
+                            id: a.id,
+                            def: Box::new(a.def.clone()),
+                            backfill_from: a.def.backfill.then(|| p.start_offset()),
+                        });
+                    }
+                }
+                for id in running {
+                    if !desired.iter().any(|a| a.id == id) {
+                        controls.push(Control::StopAggregation { id });
+                    }
+                }
+                for control in controls {
+                    if let Err(e) = p.propose_control(&control).await {
+                        tracing::debug!(topic = %topic.name, partition = p.id(), error = %e, "aggregation control record not written; retrying");
+                        break;
+                    }
+                }
+            }
         }
     }
 }

@@ -127,6 +127,11 @@ impl Client {
         Admin::new(self.clone())
     }
 
+    /// Windowed aggregations: define, query, watch.
+    pub fn aggregations(&self) -> crate::Aggregations {
+        crate::Aggregations::new(self.clone())
+    }
+
     /// A channel to `address` (connected lazily, then kept).
     pub(crate) fn channel(&self, address: &str) -> Result<Channel> {
         let mut channels = self

@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod aggregations;
 mod client;
 mod consumer;
 mod error;
@@ -44,6 +45,10 @@ mod record;
 pub use admin::{
     Admin, GroupDescription, GroupSummary, MemberInfo, NodeStatus, PartitionDescription,
     PartitionLag, ReplicaStatus, TopicDescription, TopicSpec,
+};
+pub use aggregations::{
+    AggregationDescription, AggregationResult, AggregationRow, AggregationSpec, AggregationUpdate,
+    Aggregations, PartitionAggregationStats,
 };
 pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerBuilder, StartAt};

@@ -889,3 +889,202 @@ async fn t36_group_offsets_survive_the_loss_of_the_coordinator() {
     values.sort_unstable();
     assert_eq!(values, (400..440).collect::<Vec<_>>());
 }
+
+/// Windows of 1 s per device of `n` events: event `i` at `base + 10·i` ms, device `d{i%3}`,
+/// value `i % 97`, reading id `i % 50`. Expected (start, device) → (count, sum, distinct ids).
+fn expected_windows(n: u64, base: i64) -> BTreeMap<(i64, String), (u64, f64, usize)> {
+    let mut out: BTreeMap<(i64, String), (u64, f64, std::collections::BTreeSet<u64>)> =
+        BTreeMap::new();
+    for i in 0..n {
+        let t = base + 10 * i as i64;
+        let start = t.div_euclid(1000) * 1000;
+        let e = out
+            .entry((start, format!("d{}", i % 3)))
+            .or_insert((0, 0.0, Default::default()));
+        e.0 += 1;
+        e.1 += (i % 97) as f64;
+        e.2.insert(i % 50);
+    }
+    out.into_iter()
+        .map(|(k, (c, s, d))| (k, (c, s, d.len())))
+        .collect()
+}
+
+/// Aggregation results equal a brute-force computation after the leader of a partition is
+/// killed mid-stream (the state is replicated with the log); bad definitions are refused with
+/// a message saying what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t40_aggregations_survive_a_leader_kill_and_equal_brute_force() {
+    use strata_client::AggregationSpec;
+    let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client
+        .admin()
+        .create_topic("readings", rf3(2))
+        .await
+        .unwrap();
+    let aggs = client.aggregations();
+    let spec = AggregationSpec {
+        name: "per-device".into(),
+        topic: "readings".into(),
+        window: "tumbling:1s".into(),
+        time_field: "t".into(),
+        group_by: vec!["device".into()],
+        measures: vec![
+            "count".into(),
+            "sum(v)".into(),
+            "avg(v)".into(),
+            "count_distinct(id)".into(),
+        ],
+        lateness_ms: 60_000,
+        ..Default::default()
+    };
+    for (change, says) in [
+        (
+            AggregationSpec {
+                window: "tumbling:0s".into(),
+                ..spec.clone()
+            },
+            "greater than zero",
+        ),
+        (
+            AggregationSpec {
+                measures: vec!["median(v)".into()],
+                ..spec.clone()
+            },
+            "unknown measure",
+        ),
+        (
+            AggregationSpec {
+                filter: "v > ".into(),
+                ..spec.clone()
+            },
+            "expected a field or a value",
+        ),
+        (
+            AggregationSpec {
+                topic: "nope".into(),
+                ..spec.clone()
+            },
+            "topic does not exist",
+        ),
+    ] {
+        let e = aggs.create(change).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(strata_client::ErrorCode::InvalidArgument),
+            "{e}"
+        );
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    aggs.create(spec.clone()).await.unwrap();
+    let e = aggs.create(spec.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Some(strata_client::ErrorCode::AggregationExists));
+    eventually(
+        Duration::from_secs(20),
+        "every partition to run it",
+        async || {
+            let d = aggs.describe("per-device").await.ok()?;
+            (d.partitions.len() == 2 && d.partitions.iter().all(|p| p.running)).then_some(())
+        },
+    )
+    .await;
+
+    let n = 3_000u64;
+    let base = 1_700_000_000_000i64;
+    let victim = cluster.leader_of("readings", 0).await;
+    let producer = cluster
+        .client()
+        .await
+        .producer()
+        .linger(Duration::from_millis(2))
+        .build();
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let device = format!("d{}", i % 3);
+        let value = format!(
+            r#"{{"t":{},"device":"{device}","v":{},"id":{}}}"#,
+            base + 10 * i as i64,
+            i % 97,
+            i % 50
+        );
+        acks.push(
+            producer
+                .send(ProducerRecord::new("readings", value).key(device))
+                .await
+                .unwrap(),
+        );
+        if i == n / 2 {
+            cluster.kill(victim);
+        }
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for ack in acks {
+        ack.await.expect("every record is acknowledged");
+    }
+    cluster.restart(victim).await;
+
+    let expected = expected_windows(n, base);
+    for node in 1..=3 {
+        // Every node answers the same merged result (from its own replicas).
+        let c = cluster.client_of(node).await;
+        let got = eventually(
+            Duration::from_secs(30),
+            "results to equal brute force",
+            async || {
+                let r = c
+                    .aggregations()
+                    .query("per-device", None, None, &[])
+                    .await
+                    .ok()?;
+                let got: BTreeMap<(i64, String), (u64, f64, usize)> = r
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        let v = |i: usize| row.values[i].value.unwrap_or(f64::NAN);
+                        (
+                            (row.start_ms, row.group[0].clone()),
+                            (v(0) as u64, v(1), v(3) as usize),
+                        )
+                    })
+                    .collect();
+                (got == expected).then_some(r)
+            },
+        )
+        .await;
+        for row in &got.rows {
+            let avg = row.values[2].value.unwrap();
+            let sum = row.values[1].value.unwrap();
+            assert!((avg - sum / row.events as f64).abs() < 1e-9);
+        }
+    }
+    // One group, a time range.
+    let r = aggs
+        .query(
+            "per-device",
+            Some(base + 5_000),
+            Some(base + 8_000),
+            &[("device", "d1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows.len(), 3);
+    assert!(r.rows.iter().all(|row| row.group == ["d1"]));
+    let e = aggs
+        .query("per-device", None, None, &[("site", "x")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(strata_client::ErrorCode::InvalidArgument));
+    let e = aggs.query("missing", None, None, &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(strata_client::ErrorCode::UnknownAggregation));
+    // The control records take offsets but reach no consumer; the data is all there.
+    let mut consumer = reader(&client, "readings", [0, 1], StartAt::Earliest).await;
+    for _ in 0..n {
+        let r = next_record(&mut consumer).await;
+        assert!(r.value.as_deref().unwrap().starts_with(b"{\"t\":"));
+    }
+    aggs.drop("per-device").await.unwrap();
+    assert!(aggs.list().await.unwrap().is_empty());
+}

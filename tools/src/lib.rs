@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`Cli`]: the command line (clap), with `--brokers` (env `STRATA_BROKERS`) and `--json`.
-//! - `commands`: `dev`, `topic`, `produce`, `consume`, `group`, `bench`.
+//! - `commands`: `dev`, `topic`, `produce`, `consume`, `group`, `agg`, `bench`.
 //! - `demo`: the IoT event generator of `strata dev --demo`.
 //! - `output`: tables and JSON; `units`: sizes and durations.
 
@@ -71,6 +71,9 @@ pub enum Command {
     /// List and describe consumer groups.
     #[command(subcommand)]
     Group(commands::group::GroupCommand),
+    /// Windowed aggregations: create, list, describe, drop, query, watch.
+    #[command(subcommand)]
+    Agg(commands::agg::AggCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -85,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => commands::produce::run(args, &cli.brokers, cli.json).await,
         Command::Consume(args) => commands::consume::run(args, &cli.brokers, cli.json).await,
         Command::Group(cmd) => commands::group::run(cmd, &cli.brokers, cli.json).await,
+        Command::Agg(cmd) => commands::agg::run(cmd, &cli.brokers, cli.json).await,
         Command::Bench(cmd) => commands::bench::run(cmd, &cli.brokers, cli.json).await,
     }
 }

@@ -148,8 +148,9 @@ impl PartitionAggs {
         }
     }
 
-    /// Folds a data batch into every running aggregation (or only `only`).
-    pub fn fold_batch(&mut self, batch: &RecordBatch, only: Option<u64>) {
+    /// Folds a data batch's records at or after `from_offset` into every running
+    /// aggregation (or only `only`).
+    pub fn fold_batch(&mut self, batch: &RecordBatch, only: Option<u64>, from_offset: u64) {
         let mut scratch = Vec::new();
         for (id, running) in &mut self.running {
             if only.is_some_and(|o| o != *id) {
@@ -159,6 +160,9 @@ impl PartitionAggs {
                 continue;
             };
             for record in batch.records() {
+                if record.offset < from_offset {
+                    continue;
+                }
                 let event = Event {
                     timestamp: record.timestamp,
                     key: record.key,

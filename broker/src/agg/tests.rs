@@ -247,7 +247,7 @@ fn fold_all(d: &AggregationDef, evs: &[Ev]) -> AggState {
         for e in chunk {
             b.push(NewRecord::value(0, e.json.as_bytes())).unwrap();
         }
-        aggs.fold_batch(&b.finish().unwrap(), None);
+        aggs.fold_batch(&b.finish().unwrap(), None, 0);
     }
     aggs.running.remove(&1).unwrap().state
 }
@@ -437,13 +437,13 @@ fn state_round_trips_through_json_and_keeps_folding_the_same() {
         })
         .collect();
     for b in &batches[..15] {
-        aggs.fold_batch(b, None);
+        aggs.fold_batch(b, None, 0);
     }
     let json = serde_json::to_vec(&aggs).unwrap();
     let mut restored: PartitionAggs = serde_json::from_slice(&json).unwrap();
     assert_eq!(restored, aggs);
     for b in &batches[15..] {
-        restored.fold_batch(b, None);
+        restored.fold_batch(b, None, 0);
     }
     assert_eq!(restored.running[&1].state, whole);
 }

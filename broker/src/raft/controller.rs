@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
 use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::agg::def::AggregationDef;
 use crate::sync::lock;
 use crate::topics::{MAX_PARTITIONS, TopicConfig};
 
@@ -59,6 +60,21 @@ pub struct ClusterState {
     pub next_producer_id: i64,
     /// Committed consumer-group offsets: group → topic → partition → offset.
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+    /// Aggregations by name.
+    #[serde(default)]
+    pub aggregations: BTreeMap<String, AggregationMeta>,
+    /// The id the next aggregation gets.
+    #[serde(default)]
+    pub next_aggregation_id: u64,
+}
+
+/// An aggregation in the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregationMeta {
+    /// Its id (never reused; partitions' control records name it).
+    pub id: u64,
+    /// Its definition.
+    pub def: AggregationDef,
 }
 
 impl MachineState for ClusterState {
@@ -83,7 +99,7 @@ impl ClusterState {
 }
 
 /// A change to the cluster's metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// A node announces its client address.
@@ -119,6 +135,16 @@ pub enum Command {
         /// The group.
         group: String,
     },
+    /// Defines an aggregation (validated again on apply).
+    CreateAggregation {
+        /// Its definition.
+        def: Box<AggregationDef>,
+    },
+    /// Drops an aggregation.
+    DropAggregation {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// What applying a command answered.
@@ -139,6 +165,15 @@ pub enum CommandResult {
     },
     /// A topic of that name exists.
     TopicExists,
+    /// The aggregation was defined with this id.
+    AggregationCreated {
+        /// Its id.
+        id: u64,
+    },
+    /// An aggregation of that name exists.
+    AggregationExists,
+    /// No aggregation of that name.
+    UnknownAggregation,
     /// No topic of that name.
     UnknownTopic,
     /// The command breaks a rule.
@@ -227,6 +262,7 @@ impl ClusterState {
                 if self.topics.remove(&name).is_none() {
                     return CommandResult::UnknownTopic;
                 }
+                self.aggregations.retain(|_, a| a.def.topic != name);
                 for topics in self.offsets.values_mut() {
                     topics.remove(&name);
                 }
@@ -247,6 +283,36 @@ impl ClusterState {
             }
             Command::DeleteGroupOffsets { group } => {
                 self.offsets.remove(&group);
+                CommandResult::Ok
+            }
+            Command::CreateAggregation { def } => {
+                if self.aggregations.contains_key(&def.name) {
+                    return CommandResult::AggregationExists;
+                }
+                if !self.topics.contains_key(&def.topic) {
+                    return CommandResult::UnknownTopic;
+                }
+                if let Some(out) = &def.emit_to
+                    && !self.topics.contains_key(out)
+                {
+                    return invalid(format!(
+                        "output topic `{out}` does not exist: create it first"
+                    ));
+                }
+                if let Err(e) = def.validate() {
+                    return invalid(e);
+                }
+                self.next_aggregation_id = self.next_aggregation_id.max(1);
+                let id = self.next_aggregation_id;
+                self.next_aggregation_id += 1;
+                self.aggregations
+                    .insert(def.name.clone(), AggregationMeta { id, def: *def });
+                CommandResult::AggregationCreated { id }
+            }
+            Command::DropAggregation { name } => {
+                if self.aggregations.remove(&name).is_none() {
+                    return CommandResult::UnknownAggregation;
+                }
                 CommandResult::Ok
             }
         }

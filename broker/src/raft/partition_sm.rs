@@ -17,6 +17,8 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use strata_storage::PartitionLog;
 
+use crate::agg::{Control, PartitionAggs};
+
 use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
 use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -75,6 +77,9 @@ pub struct PartitionState {
     pub position: Position,
     /// Idempotent producers by id.
     pub producers: BTreeMap<i64, ProducerState>,
+    /// Aggregations running in the partition.
+    #[serde(default)]
+    pub aggs: PartitionAggs,
 }
 
 impl MachineState for PartitionState {
@@ -225,8 +230,26 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 let mut s = lock(&self.state);
                 match s.position.advance(&entry) {
                     None => Applied::None,
+                    Some(batch) if batch.is_control() => {
+                        let base_offset = batch.base_offset();
+                        match Control::from_batch(batch) {
+                            Some(control) => {
+                                if let Some((id, from, to)) = s.aggs.control(control, base_offset) {
+                                    backfill(&self.log, &mut s.aggs, id, from, to);
+                                }
+                            }
+                            None => tracing::warn!(
+                                offset = base_offset,
+                                "unreadable control batch left out"
+                            ),
+                        }
+                        Applied::Appended { base_offset }
+                    }
                     Some(batch) => {
                         let base_offset = batch.base_offset();
+                        if !s.aggs.is_empty() {
+                            s.aggs.fold_batch(batch, None, 0);
+                        }
                         s.record(
                             batch.producer_id(),
                             batch.producer_epoch(),
@@ -266,6 +289,33 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         Ok(self.snapshots.current().await)
+    }
+}
+
+/// Folds the records of `[from, to)` in the local log into aggregation `id` (the backfill
+/// its start record asked for). A replica whose log starts after `from` (retention) folds
+/// what it still has.
+fn backfill(log: &PartitionLog, aggs: &mut PartitionAggs, id: u64, from: u64, to: u64) {
+    let mut offset = from.max(log.state().start_offset);
+    while offset < to {
+        let fetched = match log.read_bounded(offset, 1 << 20, to) {
+            Ok(f) if !f.batches.is_empty() => f,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(aggregation = id, offset, error = %e, "backfill stopped early");
+                break;
+            }
+        };
+        for bytes in fetched.batches {
+            match strata_storage::RecordBatch::from_bytes(bytes) {
+                Ok(batch) if !batch.is_control() => aggs.fold_batch(&batch, Some(id), from),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(aggregation = id, offset, error = %e, "backfill skipped a damaged batch")
+                }
+            }
+        }
+        offset = fetched.next_offset;
     }
 }
 

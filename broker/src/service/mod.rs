@@ -1,7 +1,8 @@
-//! The gRPC services of a node (`strata.v1`): Produce, Fetch, Metadata, Admin, Groups and
-//! Health, all implemented by [`Api`] over the shared [`Node`].
+//! The gRPC services of a node (`strata.v1`): Produce, Fetch, Metadata, Admin, Groups,
+//! Aggregations and Health, all implemented by [`Api`] over the shared [`Node`].
 
 mod admin;
+mod aggregations;
 mod fetch;
 mod groups;
 mod health;
@@ -74,5 +75,8 @@ pub(crate) fn routes(node: &Arc<Node>) -> tonic::service::Routes {
     .add_service(v1::metadata_server::MetadataServer::new(api.clone()))
     .add_service(v1::admin_server::AdminServer::new(api.clone()))
     .add_service(v1::groups_server::GroupsServer::new(api.clone()))
+    .add_service(v1::aggregations_server::AggregationsServer::new(
+        api.clone(),
+    ))
     .add_service(v1::health_server::HealthServer::new(api))
 }

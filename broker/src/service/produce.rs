@@ -85,11 +85,19 @@ impl Api {
                         limit,
                     });
                 }
-                RecordBatch::from_bytes(b.batch).map_err(|source| Error::InvalidBatch {
-                    topic: topic.name.clone(),
-                    partition: b.partition,
-                    source,
-                })
+                let batch =
+                    RecordBatch::from_bytes(b.batch).map_err(|source| Error::InvalidBatch {
+                        topic: topic.name.clone(),
+                        partition: b.partition,
+                        source,
+                    })?;
+                if batch.is_control() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}/{}: control batches are the broker's own; producers may not send them",
+                        topic.name, b.partition
+                    )));
+                }
+                Ok(batch)
             });
             match checked {
                 Ok(batch) => by_partition

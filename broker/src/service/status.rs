@@ -12,6 +12,8 @@ pub fn code(e: &Error) -> ErrorCode {
     match e {
         Error::UnknownTopic(_) => ErrorCode::UnknownTopic,
         Error::TopicExists(_) => ErrorCode::TopicExists,
+        Error::UnknownAggregation(_) => ErrorCode::UnknownAggregation,
+        Error::AggregationExists(_) => ErrorCode::AggregationExists,
         Error::UnknownPartition { .. } => ErrorCode::UnknownPartition,
         Error::InvalidName { .. }
         | Error::InvalidArgument(_)
@@ -52,10 +54,11 @@ pub fn detail(e: &Error) -> ErrorDetail {
 pub fn status(e: &Error) -> Status {
     let detail = detail(e);
     let grpc = match code(e) {
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
-            Code::NotFound
-        }
-        ErrorCode::TopicExists => Code::AlreadyExists,
+        ErrorCode::UnknownTopic
+        | ErrorCode::UnknownPartition
+        | ErrorCode::UnknownGroup
+        | ErrorCode::UnknownAggregation => Code::NotFound,
+        ErrorCode::TopicExists | ErrorCode::AggregationExists => Code::AlreadyExists,
         ErrorCode::InvalidArgument | ErrorCode::InvalidBatch => Code::InvalidArgument,
         ErrorCode::BatchTooLarge => Code::ResourceExhausted,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,

@@ -101,6 +101,11 @@ pub(crate) async fn run(
                     return end(positions, Some(partition), e);
                 }
             };
+            if batch.is_control() {
+                // The broker's own records (e.g. where an aggregation starts): not the
+                // application's; they only take offsets.
+                continue;
+            }
             for r in batch.records().filter(|r| r.offset >= slot.1) {
                 records.push(ConsumerRecord {
                     topic: topic.clone(),

@@ -1,5 +1,6 @@
 //! The `strata` subcommands.
 
+pub mod agg;
 pub mod bench;
 pub mod cluster;
 pub mod consume;
