@@ -2,7 +2,8 @@
 //! device, into the `sensors` topic.
 //!
 //! Fifty devices over four sites report temperature (a random walk per device), humidity and
-//! pressure; `status` is `alarm` above 35 °C, `warn` above 30 °C, else `ok`.
+//! pressure; `status` is `alarm` above 35 °C, `warn` above 30 °C, else `ok`. Two
+//! aggregations are defined on the topic ([`AGGREGATIONS`]).
 
 use std::time::Duration;
 
@@ -96,6 +97,49 @@ impl Generator {
     }
 }
 
+/// The demo's aggregations on `sensors`: per-device 1-minute temperature averages and p99,
+/// and per-site alarm counts.
+pub const AGGREGATIONS: [&str; 2] = ["device-temperature-1m", "site-alarms-1m"];
+
+async fn define_aggregations(client: &Client) -> anyhow::Result<()> {
+    let specs = [
+        strata_client::AggregationSpec {
+            name: AGGREGATIONS[0].into(),
+            topic: TOPIC.into(),
+            window: "tumbling:1m".into(),
+            time_field: "ts".into(),
+            group_by: vec!["device".into()],
+            measures: vec![
+                "count".into(),
+                "avg(temperature)".into(),
+                "p99(temperature)".into(),
+                "max(temperature)".into(),
+            ],
+            lateness_ms: 5_000,
+            ..Default::default()
+        },
+        strata_client::AggregationSpec {
+            name: AGGREGATIONS[1].into(),
+            topic: TOPIC.into(),
+            window: "tumbling:1m".into(),
+            time_field: "ts".into(),
+            group_by: vec!["site".into()],
+            filter: r#"status == "alarm""#.into(),
+            measures: vec!["count".into(), "count_distinct(device)".into()],
+            lateness_ms: 5_000,
+            ..Default::default()
+        },
+    ];
+    for spec in specs {
+        match client.aggregations().create(spec).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(strata_client::ErrorCode::AggregationExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Creates the demo topic if missing and produces `rate` events per second until stopped.
 pub async fn run(
     client: Client,
@@ -117,6 +161,7 @@ pub async fn run(
     {
         return Err(e.into());
     }
+    define_aggregations(&client).await?;
     let producer = client.producer().build();
     let mut generator = Generator::new(0x5eed);
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);

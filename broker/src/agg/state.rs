@@ -237,9 +237,11 @@ impl MeasureAcc {
             (MeasureAcc::Sum { sum, .. }, MeasureKind::Sum) => Some(*sum),
             (MeasureAcc::Sum { sum, n }, _) => (*n > 0).then(|| sum / *n as f64),
             (MeasureAcc::Min(m) | MeasureAcc::Max(m), _) => *m,
-            (MeasureAcc::Sketch(s), MeasureKind::Quantile(q)) => {
-                s.as_ref().and_then(|s| s.0.quantile(q).ok().flatten())
-            }
+            (MeasureAcc::Sketch(s), MeasureKind::Quantile(q)) => s.as_ref().and_then(|s| {
+                // Within the sketch's 1% and never outside the values seen.
+                let v = s.0.quantile(q).ok().flatten()?;
+                Some(v.clamp(s.0.min()?, s.0.max()?))
+            }),
             (MeasureAcc::Sketch(_), _) => None,
             (MeasureAcc::Distinct(set), _) => Some(set.len() as f64),
         }

@@ -435,7 +435,7 @@ impl v1::aggregations_server::Aggregations for Api {
             ..Default::default()
         };
         // The first answer checks the request (unknown aggregation, bad selection).
-        let first = self
+        let initial = self
             .query_inner(query.clone())
             .await
             .map_err(|e| super::status::status(&e))?;
@@ -443,7 +443,8 @@ impl v1::aggregations_server::Aggregations for Api {
         let api = self.clone();
         tokio::spawn(async move {
             let mut seen: HashMap<(i64, Vec<String>, i64), v1::AggregationRow> = HashMap::new();
-            let mut answer = Ok(first);
+            let mut answer = Ok(initial);
+            let mut first = true;
             loop {
                 let rows = match answer {
                     Ok(a) => {
@@ -468,11 +469,11 @@ impl v1::aggregations_server::Aggregations for Api {
                     Err(e) => Err(super::status::status(&e)),
                 };
                 let failed = rows.is_err();
-                let send = match rows {
-                    Ok(r) if r.rows.is_empty() && !seen.is_empty() => true,
-                    other => tx.send(other).await.is_ok(),
-                };
-                if !send || failed {
+                // The first answer always goes out (it names the measures); later ones only
+                // when a window changed.
+                let quiet = matches!(&rows, Ok(r) if r.rows.is_empty()) && !first;
+                first = false;
+                if !quiet && tx.send(rows).await.is_err() || failed {
                     return;
                 }
                 tokio::select! {
