@@ -7,7 +7,8 @@
 // Benchmarks, like tests, fail loudly.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod agg;
 mod machine;
 mod storage;
 
-criterion::criterion_main!(machine::benches, storage::benches);
+criterion::criterion_main!(machine::benches, storage::benches, agg::benches);

@@ -67,6 +67,7 @@ pub struct Partition {
     log: PartitionLog,
     raft: PartitionRaft,
     state: Arc<Mutex<PartitionState>>,
+    aggs: Arc<Mutex<PartitionAggs>>,
     high_watermark: Arc<watch::Sender<u64>>,
     /// Idempotent batches proposed whose outcome is not known yet, by producer. An entry
     /// stays until Raft answers (committed, or discarded by a leader change), even when the
@@ -113,6 +114,7 @@ pub(crate) struct PartitionParts {
     pub log: PartitionLog,
     pub raft: PartitionRaft,
     pub state: Arc<Mutex<PartitionState>>,
+    pub aggs: Arc<Mutex<PartitionAggs>>,
     pub high_watermark: Arc<watch::Sender<u64>>,
     pub cluster: watch::Receiver<Arc<ClusterState>>,
 }
@@ -135,6 +137,7 @@ impl Partition {
             log: parts.log,
             raft: parts.raft,
             state: parts.state,
+            aggs: parts.aggs,
             high_watermark: parts.high_watermark,
             pending: Arc::new(Mutex::new(HashMap::new())),
             cluster: parts.cluster,
@@ -500,7 +503,7 @@ impl Partition {
 
     /// Reads the partition's aggregation state.
     pub fn with_aggs<R>(&self, f: impl FnOnce(&PartitionAggs) -> R) -> R {
-        f(&lock(&self.state).aggs)
+        f(&lock(&self.aggs))
     }
 
     /// Writes a control record through Raft (as the leader) and waits until it is applied.

@@ -305,6 +305,7 @@ impl Topics {
         let hint = SnapshotHint::publishing(high_watermark.clone());
         let sm = PartitionSm::open(dir, hint.clone(), log.clone()).map_err(io)?;
         let state = sm.state();
+        let aggs = sm.aggs();
         let store = LogStore::open(log.clone(), hint).map_err(io)?;
         let raft = openraft::Raft::new(
             self.env.node_id,
@@ -328,6 +329,7 @@ impl Topics {
             log,
             raft,
             state,
+            aggs,
             high_watermark,
             cluster: self.cluster.clone(),
         }))

@@ -84,8 +84,23 @@ pub fn extract<'a>(doc: &'a [u8], paths: &[Path], out: &mut Vec<Option<Scalar<'a
     if p.peek() != Some(b'{') {
         return false;
     }
-    let wanted: Vec<usize> = (0..paths.len()).collect();
-    p.object(paths, &wanted, 0, out).is_some()
+    const ALL: [usize; 32] = {
+        let mut a = [0; 32];
+        let mut i = 0;
+        while i < 32 {
+            a[i] = i;
+            i += 1;
+        }
+        a
+    };
+    let owned: Vec<usize>;
+    let wanted: &[usize] = if paths.len() <= ALL.len() {
+        &ALL[..paths.len()]
+    } else {
+        owned = (0..paths.len()).collect();
+        &owned
+    };
+    p.object(paths, wanted, 0, out).is_some()
 }
 
 struct Parser<'a> {
@@ -131,31 +146,47 @@ impl<'a> Parser<'a> {
             let key = self.string()?;
             self.eat(b':')?;
             self.ws();
-            let here: Vec<usize> = wanted
-                .iter()
-                .copied()
-                .filter(|w| paths[*w].0.get(depth).is_some_and(|k| *k == *key))
-                .collect();
-            if here.is_empty() {
+            // Which wanted paths go through this key: most keys match none (skipped), and
+            // a matching path usually ends here (no allocation on either path).
+            let mut ends_here = false;
+            let mut goes_deeper = false;
+            for w in wanted {
+                let parts = &paths[*w].0;
+                if parts.get(depth).is_some_and(|k| *k == *key) {
+                    if parts.len() == depth + 1 {
+                        ends_here = true;
+                    } else {
+                        goes_deeper = true;
+                    }
+                }
+            }
+            if !ends_here && !goes_deeper {
                 self.skip(depth)?;
-            } else {
-                let deeper: Vec<usize> = here
+            } else if goes_deeper && self.peek() == Some(b'{') {
+                let deeper: Vec<usize> = wanted
                     .iter()
                     .copied()
-                    .filter(|w| paths[*w].0.len() > depth + 1)
+                    .filter(|w| {
+                        let parts = &paths[*w].0;
+                        parts.len() > depth + 1 && parts[depth] == *key
+                    })
                     .collect();
-                if !deeper.is_empty() && self.peek() == Some(b'{') {
-                    self.object(paths, &deeper, depth + 1, out)?;
-                    if deeper.len() < here.len() {
-                        // Some path also ends here: the value is the nested object.
-                        for w in here.iter().filter(|w| paths[**w].0.len() == depth + 1) {
+                self.object(paths, &deeper, depth + 1, out)?;
+                if ends_here {
+                    // Some path also ends here: the value is the nested object.
+                    for w in wanted {
+                        let parts = &paths[*w].0;
+                        if parts.len() == depth + 1 && parts[depth] == *key {
                             out[*w] = Some(Scalar::Nested);
                         }
                     }
-                } else {
-                    let value = self.value(depth)?;
-                    for w in &here {
-                        if paths[*w].0.len() == depth + 1 {
+                }
+            } else {
+                let value = self.value(depth)?;
+                if ends_here {
+                    for w in wanted {
+                        let parts = &paths[*w].0;
+                        if parts.len() == depth + 1 && parts[depth] == *key {
                             out[*w] = Some(value.clone());
                         }
                     }
@@ -224,17 +255,7 @@ impl<'a> Parser<'a> {
         }
         self.i += 1;
         let start = self.i;
-        let mut escaped = false;
-        loop {
-            match self.peek()? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    self.i += 2;
-                }
-                _ => self.i += 1,
-            }
-        }
+        let escaped = self.seek_closing_quote()?;
         let raw = self.b.get(start..self.i)?;
         self.i += 1;
         if !escaped {
@@ -247,6 +268,20 @@ impl<'a> Parser<'a> {
             .map(Cow::Owned)
     }
 
+    /// Moves to the quote that closes the string the cursor is in; whether it held escapes.
+    fn seek_closing_quote(&mut self) -> Option<bool> {
+        let mut escaped = false;
+        loop {
+            let rest = self.b.get(self.i..)?;
+            self.i += memchr::memchr2(b'"', b'\\', rest)?;
+            if self.b[self.i] == b'"' {
+                return Some(escaped);
+            }
+            escaped = true;
+            self.i += 2;
+        }
+    }
+
     /// Skips any value.
     fn skip(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_DEPTH {
@@ -256,16 +291,9 @@ impl<'a> Parser<'a> {
         match self.peek()? {
             b'"' => {
                 self.i += 1;
-                loop {
-                    match self.peek()? {
-                        b'"' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        b'\\' => self.i += 2,
-                        _ => self.i += 1,
-                    }
-                }
+                self.seek_closing_quote()?;
+                self.i += 1;
+                Some(())
             }
             b'{' => {
                 self.i += 1;

@@ -149,9 +149,11 @@ impl PartitionAggs {
     }
 
     /// Folds a data batch's records at or after `from_offset` into every running
-    /// aggregation (or only `only`).
+    /// aggregation (or only `only`). Each record's value is parsed once for all of them.
     pub fn fold_batch(&mut self, batch: &RecordBatch, only: Option<u64>, from_offset: u64) {
-        let mut scratch = Vec::new();
+        // The union of the fields every aggregation reads, and each one's slots in it.
+        let mut paths: Vec<json::Path> = Vec::new();
+        let mut plans: Vec<(&mut Running, Arc<Compiled>, Vec<usize>)> = Vec::new();
         for (id, running) in &mut self.running {
             if only.is_some_and(|o| o != *id) {
                 continue;
@@ -159,18 +161,45 @@ impl PartitionAggs {
             let Some(compiled) = running.compiled() else {
                 continue;
             };
-            for record in batch.records() {
-                if record.offset < from_offset {
-                    continue;
-                }
-                let event = Event {
-                    timestamp: record.timestamp,
-                    key: record.key,
-                    value: record.value,
-                };
-                running.state.fold(&compiled, &event, &mut scratch);
+            let slots = compiled
+                .paths()
+                .iter()
+                .map(|p| match paths.iter().position(|q| q == p) {
+                    Some(i) => i,
+                    None => {
+                        paths.push(p.clone());
+                        paths.len() - 1
+                    }
+                })
+                .collect();
+            plans.push((running, compiled, slots));
+        }
+        if plans.is_empty() {
+            return;
+        }
+        let mut all = Vec::new();
+        let mut mine = Vec::new();
+        for record in batch.records() {
+            if record.offset < from_offset {
+                continue;
             }
-            running.state.advance(&compiled);
+            let parsed = paths.is_empty()
+                || record
+                    .value
+                    .is_some_and(|v| json::extract(v, &paths, &mut all));
+            let event = Event {
+                timestamp: record.timestamp,
+                key: record.key,
+                value: record.value,
+            };
+            for (running, compiled, slots) in &mut plans {
+                mine.clear();
+                mine.extend(slots.iter().map(|s| all.get(*s).cloned().flatten()));
+                running.state.fold_values(compiled, &event, &mine, parsed);
+            }
+        }
+        for (running, compiled, _) in &mut plans {
+            running.state.advance(compiled);
         }
     }
 

@@ -26,6 +26,11 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// The JSON fields the aggregation reads, in slot order.
+    pub fn paths(&self) -> &[Path] {
+        &self.paths
+    }
+
     /// Compiles a definition (validating it).
     pub fn new(def: AggregationDef) -> Result<Compiled, String> {
         def.validate()?;
@@ -320,16 +325,28 @@ impl AggState {
         event: &Event<'a>,
         scratch: &mut Vec<Option<Scalar<'a>>>,
     ) {
-        if c.paths.is_empty() {
-            scratch.clear();
-        } else {
-            let parsed = event
+        let parsed = c.paths.is_empty()
+            || event
                 .value
                 .is_some_and(|v| json::extract(v, &c.paths, scratch));
-            if !parsed {
-                self.skip("value is not a JSON object".into());
-                return;
-            }
+        if c.paths.is_empty() {
+            scratch.clear();
+        }
+        self.fold_values(c, event, scratch, parsed);
+    }
+
+    /// Folds one record whose fields (in [`Compiled::paths`] order) are already extracted;
+    /// `parsed` is false when the value was not a JSON object.
+    pub fn fold_values(
+        &mut self,
+        c: &Compiled,
+        event: &Event<'_>,
+        scratch: &[Option<Scalar<'_>>],
+        parsed: bool,
+    ) {
+        if !c.paths.is_empty() && !parsed {
+            self.skip("value is not a JSON object".into());
+            return;
         }
         if let Some((expr, slots)) = &c.filter {
             let fields: Vec<Option<Scalar<'_>>> =

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use strata_storage::PartitionLog;
@@ -21,7 +22,7 @@ use crate::agg::{Control, PartitionAggs};
 
 use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
-use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use super::{Applied, Batch, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::sync::lock;
 
 /// Recent batches remembered per producer, as in Kafka: a retry of any of the last five
@@ -77,7 +78,9 @@ pub struct PartitionState {
     pub position: Position,
     /// Idempotent producers by id.
     pub producers: BTreeMap<i64, ProducerState>,
-    /// Aggregations running in the partition.
+    /// Aggregations running in the partition. At run time they live behind their own lock
+    /// ([`PartitionSm::aggs`], so folding never holds up the produce path's producer check);
+    /// this field carries them in snapshots.
     #[serde(default)]
     pub aggs: PartitionAggs,
 }
@@ -182,6 +185,7 @@ pub fn check_against(p: &ProducerState, epoch: i16, base_seq: i32, count: u32) -
 /// leader, which checks producer sequences before proposing.
 pub struct PartitionSm {
     state: Arc<Mutex<PartitionState>>,
+    aggs: Arc<Mutex<PartitionAggs>>,
     snapshots: Snapshots,
     hint: SnapshotHint,
     log: PartitionLog,
@@ -201,6 +205,7 @@ impl PartitionSm {
     pub fn open(dir: &Path, hint: SnapshotHint, log: PartitionLog) -> io::Result<PartitionSm> {
         Ok(PartitionSm {
             state: Arc::new(Mutex::new(PartitionState::default())),
+            aggs: Arc::new(Mutex::new(PartitionAggs::default())),
             snapshots: Snapshots::open(dir, hint.clone())?,
             hint,
             log,
@@ -210,6 +215,11 @@ impl PartitionSm {
     /// The shared state.
     pub fn state(&self) -> Arc<Mutex<PartitionState>> {
         self.state.clone()
+    }
+
+    /// The aggregations, shared.
+    pub fn aggs(&self) -> Arc<Mutex<PartitionAggs>> {
+        self.aggs.clone()
     }
 }
 
@@ -234,8 +244,9 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                         let base_offset = batch.base_offset();
                         match Control::from_batch(batch) {
                             Some(control) => {
-                                if let Some((id, from, to)) = s.aggs.control(control, base_offset) {
-                                    backfill(&self.log, &mut s.aggs, id, from, to);
+                                let mut aggs = lock(&self.aggs);
+                                if let Some((id, from, to)) = aggs.control(control, base_offset) {
+                                    backfill(&self.log, &mut aggs, id, from, to);
                                 }
                             }
                             None => tracing::warn!(
@@ -247,9 +258,6 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                     }
                     Some(batch) => {
                         let base_offset = batch.base_offset();
-                        if !s.aggs.is_empty() {
-                            s.aggs.fold_batch(batch, None, 0);
-                        }
                         s.record(
                             batch.producer_id(),
                             batch.producer_epoch(),
@@ -261,6 +269,14 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                     }
                 }
             };
+            if let EntryPayload::Normal(Batch(batch)) = &entry.payload
+                && !batch.is_control()
+            {
+                let mut aggs = lock(&self.aggs);
+                if !aggs.is_empty() {
+                    aggs.fold_batch(batch, None, 0);
+                }
+            }
             if let Some(responder) = responder {
                 responder.send(applied);
             }
@@ -271,12 +287,14 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
     }
 
     async fn get_snapshot_builder(&mut self) -> StateSnapshotBuilder {
-        let state = lock(&self.state).clone();
+        let mut state = lock(&self.state).clone();
+        state.aggs = lock(&self.aggs).clone();
         self.snapshots.builder(&state)
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Bytes) -> io::Result<()> {
-        let state: PartitionState = self.snapshots.install(meta, data, "partition").await?;
+        let mut state: PartitionState = self.snapshots.install(meta, data, "partition").await?;
+        *lock(&self.aggs) = std::mem::take(&mut state.aggs);
         let next_offset = state.position.next_offset;
         *lock(&self.state) = state;
         // A snapshot past the log's end: openraft restarts the log after it next, and the

@@ -73,6 +73,44 @@ pub struct Args {
     /// Memory for unacknowledged records, per producer.
     #[arg(long, default_value = "128MiB", value_parser = parse_size)]
     pub max_in_flight: u64,
+    /// Record values: `bytes` (filler) or `json` (sensor readings like the demo's:
+    /// device, site, ts, temperature, humidity, status, padded to --record-size).
+    #[arg(long, value_enum, default_value = "bytes")]
+    pub payload: PayloadArg,
+}
+
+/// What record values hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PayloadArg {
+    /// Filler bytes.
+    Bytes,
+    /// Sensor-reading JSON.
+    Json,
+}
+
+/// 1,000 record values (cycled through).
+fn payloads(kind: PayloadArg, size: usize) -> Vec<Bytes> {
+    if kind == PayloadArg::Bytes {
+        return vec![Bytes::from(vec![b'x'; size])];
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    (0..1000)
+        .map(|i| {
+            let head = format!(
+                r#"{{"device":"sensor-{:04}","site":"{}","ts":{},"temperature":{:.1},"humidity":{:.1},"status":"{}","note":""#,
+                i % 50,
+                ["lyon", "oslo", "porto", "turin"][i % 4],
+                now + i as i64,
+                15.0 + (i % 230) as f64 / 10.0,
+                40.0 + (i % 37) as f64,
+                if i % 40 == 0 { "alarm" } else { "ok" }
+            );
+            let pad = size.saturating_sub(head.len() + 2);
+            Bytes::from(format!("{head}{}\"}}", "x".repeat(pad)))
+        })
+        .collect()
 }
 
 /// Runs a benchmark.
@@ -224,7 +262,7 @@ async fn produce(
         (None, None) => Some(1_000_000),
     };
     let producers = args.producers.max(1);
-    let payload = Bytes::from(vec![b'x'; args.record_size as usize]);
+    let payload = Arc::new(payloads(args.payload, args.record_size as usize));
     let acked = Arc::new(AtomicU64::new(0));
     let bar = progress(count, quiet);
     let started = Instant::now();
@@ -297,7 +335,8 @@ async fn produce(
                         tokio::time::sleep_until(due.into()).await;
                     }
                 }
-                let mut record = ProducerRecord::new(topic.clone(), payload.clone());
+                let value = payload[n as usize % payload.len()].clone();
+                let mut record = ProducerRecord::new(topic.clone(), value);
                 if stamp.is_some() {
                     record = record.header("sent_us", Bytes::from(now_us().to_le_bytes().to_vec()));
                 }
