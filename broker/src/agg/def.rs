@@ -327,6 +327,9 @@ impl AggregationDef {
             if *t == self.topic {
                 return Err("an aggregation cannot emit into the topic it reads".into());
             }
+            return Err(format!(
+                "emitting closed windows to a topic (`{t}`) is not supported yet; query or watch the aggregation instead"
+            ));
         }
         Ok(())
     }
@@ -384,6 +387,40 @@ mod tests {
         assert!(Measure::parse("avg(").unwrap_err().contains("expected"));
         assert!(Measure::parse("avg()").is_err());
         assert_eq!(GroupBy::parse("key"), Ok(GroupBy::Key));
+        let def = AggregationDef {
+            name: "a".into(),
+            topic: "t".into(),
+            window: Window::Tumbling { size_ms: 1000 },
+            time: TimeSource::Timestamp,
+            group_by: vec![],
+            filter: None,
+            measures: vec![Measure::parse("count").unwrap()],
+            lateness_ms: 0,
+            retain_ms: DEFAULT_RETAIN_MS,
+            emit_to: None,
+            backfill: false,
+        };
+        assert_eq!(def.validate(), Ok(()));
+        let emit = AggregationDef {
+            emit_to: Some("out".into()),
+            ..def.clone()
+        };
+        assert!(emit.validate().unwrap_err().contains("not supported yet"));
+        let no_measures = AggregationDef {
+            measures: vec![],
+            ..def.clone()
+        };
+        assert!(
+            no_measures
+                .validate()
+                .unwrap_err()
+                .contains("at least one measure")
+        );
+        let bad_filter = AggregationDef {
+            filter: Some("a ==".into()),
+            ..def
+        };
+        assert!(bad_filter.validate().unwrap_err().contains("filter"));
         assert!(GroupBy::parse("a..b").is_err());
     }
 }

@@ -64,7 +64,8 @@ pub struct CreateArgs {
     /// How long closed windows stay queryable behind the watermark.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub retain: Duration,
-    /// Topic that receives every closed window as one JSON event.
+    /// Topic that receives every closed window as one JSON event (not supported yet: the
+    /// broker refuses it).
     #[arg(long)]
     pub emit_to: Option<String>,
     /// Also fold in the records already in the log.
