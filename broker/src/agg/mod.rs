@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
 
 use self::def::{AggregationDef, MeasureKind};
-use self::state::{AggState, Compiled, Event, MeasureAcc, WindowKey};
+use self::state::{AggState, Compiled, Event, MeasureAcc};
 
 /// A control record in a partition's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,9 +249,8 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn matches(&self, def: &AggregationDef, key: &WindowKey, end: i64) -> bool {
-        let (group, start) = key;
-        if self.from.is_some_and(|f| end <= f) || self.to.is_some_and(|t| *start >= t) {
+    fn matches(&self, def: &AggregationDef, group: &[String], start: i64, end: i64) -> bool {
+        if self.from.is_some_and(|f| end <= f) || self.to.is_some_and(|t| start >= t) {
             return false;
         }
         self.groups.iter().all(|(name, value)| {
@@ -266,13 +265,12 @@ impl Selection {
 /// The selected rows of one partition's state.
 pub fn partial_rows(def: &AggregationDef, state: &AggState, sel: &Selection) -> Vec<Row> {
     state
-        .windows
-        .iter()
-        .filter(|(k, w)| sel.matches(def, k, w.end))
-        .map(|((group, start), w)| Row {
-            start: *start,
+        .windows()
+        .filter(|(group, start, w)| sel.matches(def, group, *start, w.end))
+        .map(|(group, start, w)| Row {
+            start,
             end: w.end,
-            group: group.clone(),
+            group: group.to_vec(),
             measures: w.measures.clone(),
             events: w.events,
             closed: w.closed,

@@ -3,7 +3,6 @@
 //! only on the records, in log order), so every replica holds the same state.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
@@ -278,14 +277,23 @@ pub struct WindowAcc {
 /// Key of a window: group values, then start.
 pub type WindowKey = (Vec<String>, i64);
 
+/// One group's windows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupWindows {
+    /// The group-by values.
+    pub group: Vec<String>,
+    /// Windows by start.
+    pub windows: BTreeMap<i64, WindowAcc>,
+}
+
 /// An aggregation's state in one partition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AggState {
     /// Largest event time seen.
     pub max_event_time: Option<i64>,
-    /// Windows by (group, start).
-    #[serde(with = "window_list")]
-    pub windows: BTreeMap<WindowKey, WindowAcc>,
+    /// Windows by group (keyed by an unambiguous encoding of the group values, so an event
+    /// finds its group without allocating), then start.
+    pub groups: BTreeMap<String, GroupWindows>,
     /// Events (or parts of events, for hopping windows) that came after their window closed.
     pub late_events: u64,
     /// Events left out, by reason.
@@ -363,21 +371,25 @@ impl AggState {
                 None => return self.skip(format!("no time field ({})", field_of(&c.def.time))),
             },
         };
-        let mut group = Vec::with_capacity(c.group_slots.len());
+        let mut key = String::new();
         for (g, slot) in c.def.group_by.iter().zip(&c.group_slots) {
-            match slot {
-                None => group.push(event.key.map_or_else(
-                    || "null".to_string(),
-                    |k| String::from_utf8_lossy(k).into_owned(),
-                )),
+            let text: std::borrow::Cow<'_, str> = match slot {
+                None => event
+                    .key
+                    .map_or(std::borrow::Cow::Borrowed("null"), String::from_utf8_lossy),
                 Some(s) => match &scratch[*s] {
                     Some(Scalar::Nested) => {
                         return self.skip(format!("group field {g} is not a scalar"));
                     }
-                    Some(v) => group.push(v.group_text()),
+                    Some(Scalar::Str(v)) => std::borrow::Cow::Borrowed(v.as_ref()),
+                    Some(v) => std::borrow::Cow::Owned(v.group_text()),
                     None => return self.skip(format!("no group field {g}")),
                 },
-            }
+            };
+            // Length-prefixed: no two different groups share a key.
+            use std::fmt::Write;
+            let _ = write!(key, "{}:", text.len());
+            key.push_str(&text);
         }
         for (m, slot) in c.def.measures.iter().zip(&c.measure_slots) {
             if let Some(slot) = slot {
@@ -408,7 +420,7 @@ impl AggState {
                 if start.saturating_add(size) <= watermark {
                     late = true;
                 } else {
-                    self.add_to(c, group, start, start.saturating_add(size), &values);
+                    self.add_to(c, &key, start, start.saturating_add(size), &values);
                     folded = true;
                 }
             }
@@ -429,7 +441,7 @@ impl AggState {
                     if end <= watermark {
                         late = true;
                     } else {
-                        self.add_to(c, group.clone(), start, end, &values);
+                        self.add_to(c, &key, start, end, &values);
                         folded = true;
                     }
                 }
@@ -438,7 +450,7 @@ impl AggState {
                 if time < watermark {
                     late = true;
                 } else {
-                    self.add_to_session(c, group, time, gap_ms as i64, &values);
+                    self.add_to_session(c, &key, time, gap_ms as i64, &values);
                     folded = true;
                 }
             }
@@ -451,17 +463,35 @@ impl AggState {
         }
     }
 
+    /// The windows of the group `key` (created, with its values decoded from the key, on
+    /// its first event).
+    fn group_mut(&mut self, key: &str) -> &mut BTreeMap<i64, WindowAcc> {
+        if !self.groups.contains_key(key) {
+            self.groups.insert(
+                key.to_string(),
+                GroupWindows {
+                    group: decode_group(key),
+                    windows: BTreeMap::new(),
+                },
+            );
+        }
+        match self.groups.get_mut(key) {
+            Some(g) => &mut g.windows,
+            None => unreachable!("inserted above"),
+        }
+    }
+
     fn add_to(
         &mut self,
         c: &Compiled,
-        group: Vec<String>,
+        key: &str,
         start: i64,
         end: i64,
         values: &[Option<&Scalar<'_>>],
     ) {
         let w = self
-            .windows
-            .entry((group, start))
+            .group_mut(key)
+            .entry(start)
             .or_insert_with(|| WindowAcc {
                 end,
                 measures: c
@@ -484,18 +514,16 @@ impl AggState {
     fn add_to_session(
         &mut self,
         c: &Compiled,
-        group: Vec<String>,
+        key: &str,
         time: i64,
         gap: i64,
         values: &[Option<&Scalar<'_>>],
     ) {
-        let lo = (group.clone(), i64::MIN);
-        let hi = (group.clone(), time.saturating_add(gap));
-        let touching: Vec<i64> = self
-            .windows
-            .range((Bound::Included(lo), Bound::Excluded(hi)))
+        let windows = self.group_mut(key);
+        let touching: Vec<i64> = windows
+            .range(..time.saturating_add(gap))
             .filter(|(_, w)| !w.closed && w.end > time)
-            .map(|((_, start), _)| *start)
+            .map(|(start, _)| *start)
             .collect();
         let mut start = time;
         let mut end = time.saturating_add(gap);
@@ -511,7 +539,7 @@ impl AggState {
             events: 0,
         };
         for s in touching {
-            if let Some(w) = self.windows.remove(&(group.clone(), s)) {
+            if let Some(w) = windows.remove(&s) {
                 start = start.min(s);
                 end = end.max(w.end);
                 merged.events += w.events;
@@ -525,7 +553,7 @@ impl AggState {
         for (acc, v) in merged.measures.iter_mut().zip(values) {
             acc.add(*v);
         }
-        self.windows.insert((group, start), merged);
+        windows.insert(start, merged);
     }
 
     /// Closes the windows the watermark has passed and forgets closed ones older than the
@@ -534,47 +562,49 @@ impl AggState {
         let Some(watermark) = self.watermark(c) else {
             return Vec::new();
         };
-        let mut closed: Vec<(i64, WindowKey)> = self
-            .windows
-            .iter()
-            .filter(|(_, w)| !w.closed && w.end <= watermark)
-            .map(|(k, w)| (w.end, k.clone()))
-            .collect();
-        closed.sort();
-        for (_, k) in &closed {
-            if let Some(w) = self.windows.get_mut(k) {
-                w.closed = true;
-            }
-        }
-        self.closed_windows += closed.len() as u64;
         let forget_before = watermark.saturating_sub(c.def.retain_ms as i64);
-        self.windows
-            .retain(|_, w| !(w.closed && w.end < forget_before));
+        let mut closed: Vec<(i64, WindowKey)> = Vec::new();
+        for g in self.groups.values_mut() {
+            for (start, w) in g.windows.iter_mut() {
+                if !w.closed && w.end <= watermark {
+                    w.closed = true;
+                    closed.push((w.end, (g.group.clone(), *start)));
+                }
+            }
+            g.windows
+                .retain(|_, w| !(w.closed && w.end < forget_before));
+        }
+        self.groups.retain(|_, g| !g.windows.is_empty());
+        closed.sort();
+        self.closed_windows += closed.len() as u64;
         closed.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Every window: (group values, start, window).
+    pub fn windows(&self) -> impl Iterator<Item = (&[String], i64, &WindowAcc)> {
+        self.groups.values().flat_map(|g| {
+            g.windows
+                .iter()
+                .map(move |(start, w)| (g.group.as_slice(), *start, w))
+        })
+    }
+
+    /// How many windows are in memory.
+    pub fn window_count(&self) -> usize {
+        self.groups.values().map(|g| g.windows.len()).sum()
     }
 }
 
-/// Windows as a list of pairs (JSON maps need string keys).
-mod window_list {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use super::{WindowAcc, WindowKey};
-
-    pub fn serialize<S: Serializer>(
-        windows: &BTreeMap<WindowKey, WindowAcc>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(windows.iter())
+/// The group values of a key made by [`AggState::fold_values`] (`len:text` per part).
+fn decode_group(mut key: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    while let Some((len, rest)) = key.split_once(':') {
+        let Ok(len) = len.parse::<usize>() else { break };
+        let Some(part) = rest.get(..len) else { break };
+        parts.push(part.to_string());
+        key = &rest[len..];
     }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<WindowKey, WindowAcc>, D::Error> {
-        let pairs: Vec<(WindowKey, WindowAcc)> = Vec::deserialize(d)?;
-        Ok(pairs.into_iter().collect())
-    }
+    parts
 }
 
 fn field_of(t: &TimeSource) -> &str {

@@ -110,7 +110,7 @@ fn stats(
             events: s.events,
             late_events: s.late_events,
             skipped: s.skipped.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            windows: s.windows.len() as u64,
+            windows: s.window_count() as u64,
             closed_windows: s.closed_windows,
         },
     }
