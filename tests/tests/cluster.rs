@@ -1087,4 +1087,55 @@ async fn t40_aggregations_survive_a_leader_kill_and_equal_brute_force() {
     }
     aggs.drop("per-device").await.unwrap();
     assert!(aggs.list().await.unwrap().is_empty());
+
+    // Partitions with one replica each: every node answers for the ones it lacks by asking
+    // the node that holds them.
+    let spread = TopicSpec {
+        partitions: 3,
+        replication_factor: 1,
+        ..Default::default()
+    };
+    client.admin().create_topic("spread", spread).await.unwrap();
+    aggs.create(AggregationSpec {
+        name: "spread-count".into(),
+        topic: "spread".into(),
+        measures: vec!["count".into()],
+        ..spec
+    })
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "every partition to run it",
+        async || {
+            let d = aggs.describe("spread-count").await.ok()?;
+            (d.partitions.len() == 3 && d.partitions.iter().all(|p| p.running)).then_some(())
+        },
+    )
+    .await;
+    let producer = client.producer().build();
+    for i in 0..300u64 {
+        let value = format!(r#"{{"t":{},"device":"d{}"}}"#, base + 10 * i as i64, i % 3);
+        producer
+            .send_and_wait(ProducerRecord::new("spread", value).partition((i % 3) as u32))
+            .await
+            .unwrap();
+    }
+    for node in 1..=3 {
+        let c = cluster.client_of(node).await;
+        eventually(
+            Duration::from_secs(20),
+            "every node to count all",
+            async || {
+                let r = c
+                    .aggregations()
+                    .query("spread-count", None, None, &[])
+                    .await
+                    .ok()?;
+                let total: f64 = r.rows.iter().filter_map(|row| row.values[0].value).sum();
+                (total == 300.0).then_some(())
+            },
+        )
+        .await;
+    }
 }

@@ -4,7 +4,7 @@
 //! node's replicas where it has them and from a replica on another node (a partial query)
 //! where it does not; the partial windows are merged here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -202,47 +202,43 @@ impl Api {
             .get(&meta.def.topic)
             .map(|t| t.partitions.iter().map(|p| p.id()).collect())
             .unwrap_or_default();
-        let mut remote: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        let mut remote: Vec<(u32, &Vec<u64>)> = Vec::new();
         let mut local = Vec::new();
         for (p, replicas) in topic_meta.replicas.iter().enumerate() {
             let p = p as u32;
             if hosted.contains(&p) {
                 local.push(p);
-            } else if let Some(node) = replicas.first() {
-                remote.entry(*node).or_default().push(p);
+            } else {
+                remote.push((p, replicas));
             }
         }
         let (mut rows, mut all_stats) =
             self.local_partials(meta, &local, sel, request.stats_only)?;
-        for (node, partitions) in remote {
-            let address = cluster
-                .address_of(node)
-                .ok_or_else(|| Error::Unavailable(format!("node {node} has no known address")))?;
-            let partial = v1::QueryAggregationRequest {
-                partial: true,
-                partitions,
-                ..request.clone()
-            };
-            let answer = tokio::time::timeout(PARTIAL_TIMEOUT, async {
-                let mut rpc = v1::aggregations_client::AggregationsClient::connect(format!(
-                    "http://{address}"
-                ))
-                .await
-                .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))?;
-                rpc.query(partial)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|s| Error::Unavailable(format!("node {node}: {}", s.message())))
-            })
-            .await
-            .map_err(|_| {
-                Error::Timeout(format!("node {node} did not answer the query in time"))
-            })??;
+        // A partition this node does not hold: ask its replicas in turn until one answers.
+        for (p, replicas) in remote {
+            let mut last = Error::Unavailable(format!("partition {p} has no replicas"));
+            let mut answered = None;
+            for &node in replicas {
+                let Some(address) = cluster.address_of(node) else {
+                    continue;
+                };
+                let partial = v1::QueryAggregationRequest {
+                    partial: true,
+                    partitions: vec![p],
+                    ..request.clone()
+                };
+                match partial_query(node, &address, partial).await {
+                    Ok(answer) => {
+                        answered = Some(answer);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let answer = answered.ok_or(last)?;
             if !answer.partial_rows.is_empty() {
-                let theirs: Vec<Row> =
-                    serde_json::from_slice(&answer.partial_rows).map_err(|e| {
-                        Error::Unavailable(format!("node {node}: bad partial rows: {e}"))
-                    })?;
+                let theirs: Vec<Row> = serde_json::from_slice(&answer.partial_rows)
+                    .map_err(|e| Error::Unavailable(format!("bad partial rows: {e}")))?;
                 rows.extend(theirs);
             }
             all_stats.extend(answer.partitions);
@@ -299,6 +295,26 @@ impl Api {
             partial_rows: Default::default(),
         })
     }
+}
+
+/// Asks `node` for its replicas' partial windows.
+async fn partial_query(
+    node: u64,
+    address: &str,
+    request: v1::QueryAggregationRequest,
+) -> Result<v1::QueryAggregationResponse, Error> {
+    tokio::time::timeout(PARTIAL_TIMEOUT, async {
+        let mut rpc =
+            v1::aggregations_client::AggregationsClient::connect(format!("http://{address}"))
+                .await
+                .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))?;
+        rpc.query(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Error::Unavailable(format!("node {node}: {}", s.message())))
+    })
+    .await
+    .map_err(|_| Error::Timeout(format!("node {node} did not answer the query in time")))?
 }
 
 /// A stream of watch answers.
