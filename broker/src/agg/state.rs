@@ -165,7 +165,7 @@ impl MeasureAcc {
 
     fn add(&mut self, value: Option<&Scalar<'_>>) {
         let num = match value {
-            Some(Scalar::Num(n)) => Some(*n),
+            Some(Scalar::Num(n)) if usable(*n) => Some(*n),
             _ => None,
         };
         match self {
@@ -250,6 +250,14 @@ impl MeasureAcc {
             (MeasureAcc::Distinct(set), _) => Some(set.len() as f64),
         }
     }
+}
+
+/// Largest magnitude a numeric measure takes: sums of such values stay finite (so the state
+/// always serializes), whatever a producer sends. Larger values count as unusable.
+const MAX_MEASURED: f64 = 1e150;
+
+fn usable(n: f64) -> bool {
+    n.is_finite() && n.abs() <= MAX_MEASURED
 }
 
 /// The id a distinct value counts as: an integer in 0..2^32 is itself; anything else a CRC32
@@ -396,7 +404,7 @@ impl AggState {
                 let ok = match (m.kind, &scratch[*slot]) {
                     (MeasureKind::CountDistinct, Some(Scalar::Nested) | None) => false,
                     (MeasureKind::CountDistinct, Some(_)) => true,
-                    (_, Some(Scalar::Num(_))) => true,
+                    (_, Some(Scalar::Num(n))) => usable(*n),
                     _ => false,
                 };
                 if !ok {
@@ -434,7 +442,10 @@ impl AggState {
                 let mut starts = Vec::new();
                 while start > time.saturating_sub(size) {
                     starts.push(start);
-                    start -= advance;
+                    match start.checked_sub(advance) {
+                        Some(s) => start = s,
+                        None => break,
+                    }
                 }
                 for start in starts.into_iter().rev() {
                     let end = start.saturating_add(size);

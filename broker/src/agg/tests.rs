@@ -469,3 +469,38 @@ fn control_records_round_trip_and_start_once() {
     aggs.control(Control::StopAggregation { id: 7 }, 12);
     assert!(aggs.is_empty());
 }
+
+#[test]
+fn huge_numbers_and_extreme_times_neither_panic_nor_break_snapshots() {
+    let d = def(
+        Window::Hopping {
+            size_ms: 10_000,
+            advance_ms: 1_000,
+        },
+        None,
+    );
+    let mut aggs = PartitionAggs::default();
+    aggs.control(
+        Control::StartAggregation {
+            id: 1,
+            def: Box::new(d),
+            backfill_from: None,
+        },
+        0,
+    );
+    let mut b = BatchBuilder::new();
+    for doc in [
+        r#"{"t": 1700000000000, "device": "d", "temperature": 1e300, "reading": 1}"#,
+        r#"{"t": 1700000000001, "device": "d", "temperature": -1e308, "reading": 1e300}"#,
+        r#"{"t": -9000000000000000, "device": "d", "temperature": 1, "reading": 2}"#,
+        r#"{"t": 9000000000000000, "device": "d", "temperature": 2, "reading": 3}"#,
+    ] {
+        b.push(NewRecord::value(0, doc.as_bytes())).unwrap();
+    }
+    aggs.fold_batch(&b.finish().unwrap(), None, 0);
+    let state = &aggs.running[&1].state;
+    assert!(state.skipped.keys().any(|k| k.contains("no usable value")));
+    let json = serde_json::to_vec(&aggs).expect("the state serializes");
+    let back: PartitionAggs = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back, aggs);
+}

@@ -161,8 +161,12 @@ impl Snapshots {
                 last_log_id: state.position().last_applied,
                 last_membership: state.position().membership.clone(),
             },
-            // Serializing maps of plain values cannot fail.
-            data: Bytes::from(serde_json::to_vec(state).unwrap_or_default()),
+            // The state holds only finite numbers (aggregations refuse larger ones), strings
+            // and maps with string or integer keys, which serialize; an error here is a bug.
+            data: Bytes::from(serde_json::to_vec(state).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "state does not serialize; empty snapshot");
+                Vec::new()
+            })),
             next_offset: state.position().next_offset,
             file: self.file.clone(),
             hint: self.hint.clone(),
