@@ -169,8 +169,8 @@ pub enum MeasureKind {
     Max,
     /// Mean (from sum and count, so it merges exactly).
     Avg,
-    /// The value at rank ⌊q·(n−1)⌋ of the sorted values, from a DDSketch (relative error
-    /// at most 1%).
+    /// The nearest-rank quantile (the ⌈q·n⌉-th smallest value) from a DDSketch (relative
+    /// error at most 1%).
     Quantile(f64),
     /// Distinct values: exact (roaring bitmap) for integers in 0..2^32, other values by a
     /// 32-bit hash into the same bitmap.

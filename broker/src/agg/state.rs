@@ -201,6 +201,12 @@ impl MeasureAcc {
         }
     }
 
+    /// Adds one number (tests).
+    #[cfg(test)]
+    pub fn add_for_test(&mut self, v: f64) {
+        self.add(Some(&Scalar::Num(v)));
+    }
+
     /// Folds another partial value of the same measure in.
     pub fn merge(&mut self, other: &MeasureAcc) {
         match (self, other) {
@@ -242,7 +248,16 @@ impl MeasureAcc {
             (MeasureAcc::Sum { sum, n }, _) => (*n > 0).then(|| sum / *n as f64),
             (MeasureAcc::Min(m) | MeasureAcc::Max(m), _) => *m,
             (MeasureAcc::Sketch(s), MeasureKind::Quantile(q)) => s.as_ref().and_then(|s| {
-                // Within the sketch's 1% and never outside the values seen.
+                // The nearest-rank quantile (the ⌈q·n⌉-th smallest value, as most monitoring
+                // tools report it): DDSketch answers rank ⌊q'·(n−1)⌋, so ask for the q' that
+                // lands on that rank. Within the sketch's 1%, never outside the values seen.
+                let n = s.0.count() as f64;
+                let rank = ((q * n).ceil() - 1.0).clamp(0.0, (n - 1.0).max(0.0));
+                let q = if n > 1.0 {
+                    ((rank + 0.5) / (n - 1.0)).min(1.0)
+                } else {
+                    q
+                };
                 let v = s.0.quantile(q).ok().flatten()?;
                 Some(v.clamp(s.0.min()?, s.0.max()?))
             }),

@@ -274,8 +274,11 @@ fn check_row(d: &AggregationDef, row: &Row, members: &[&Ev], what: &str) {
         (a, b) => assert_eq!(a, b, "{what}: avg"),
     }
     for (slot, q) in [(5, 0.5), (6, 0.99)] {
-        let exact =
-            (!sorted.is_empty()).then(|| sorted[(q * (sorted.len() as f64 - 1.0)) as usize]);
+        let exact = (!sorted.is_empty()).then(|| {
+            let n = sorted.len();
+            let rank = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+            sorted[rank]
+        });
         match (values[slot], exact) {
             (Some(est), Some(exact)) => assert!(
                 (est - exact).abs() <= 0.01 * exact.abs() + 1e-9,
@@ -503,4 +506,30 @@ fn huge_numbers_and_extreme_times_neither_panic_nor_break_snapshots() {
     let json = serde_json::to_vec(&aggs).expect("the state serializes");
     let back: PartitionAggs = serde_json::from_slice(&json).unwrap();
     assert_eq!(back, aggs);
+}
+
+#[test]
+fn quantiles_are_nearest_rank() {
+    use super::def::MeasureKind;
+    let q = |values: &[f64], q: f64| {
+        let mut acc = MeasureAcc::Sketch(None);
+        for v in values {
+            acc.add_for_test(*v);
+        }
+        acc.value(MeasureKind::Quantile(q)).unwrap()
+    };
+    let near = |got: f64, want: f64| (got - want).abs() <= 0.01 * want.abs() + 1e-9;
+    assert!(
+        near(q(&[16.3, 16.7], 0.99), 16.7),
+        "p99 of two values is the larger"
+    );
+    assert!(
+        near(q(&[16.3, 16.7], 0.5), 16.3),
+        "p50 of two values is the smaller"
+    );
+    let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+    assert!(near(q(&ten, 0.5), 5.0));
+    assert!(near(q(&ten, 0.9), 9.0));
+    assert!(near(q(&ten, 0.95), 10.0));
+    assert!(near(q(&[42.0], 0.01), 42.0));
 }
