@@ -155,10 +155,7 @@ impl Cluster {
     /// Whether this node's controller replica has applied an entry of its current term (for
     /// a new leader: everything committed before it was elected).
     pub fn controller_caught_up(&self) -> bool {
-        let m = self.controller.metrics();
-        let m = m.borrow_watched();
-        m.last_applied
-            .is_some_and(|l| l.leader_id.term == m.current_term)
+        crate::raft::applied_own_term(&self.controller.metrics().borrow_watched())
     }
 
     /// A node's client address, if it registered one.

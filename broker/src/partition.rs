@@ -28,7 +28,7 @@ use crate::agg::{Control, PartitionAggs};
 use crate::error::{Error, Result};
 use crate::raft::partition_sm::{SeqCheck, check_against, last_seq, next_seq};
 use crate::raft::service::PartitionRaft;
-use crate::raft::{Applied, Batch, ClusterState, GroupId, PartitionState};
+use crate::raft::{Applied, Batch, ClusterState, GroupId, PartitionState, applied_own_term};
 use crate::sync::lock;
 
 /// When a produce is answered.
@@ -309,11 +309,7 @@ impl Partition {
             .raft
             .wait(Some(remaining))
             .metrics(
-                |m| {
-                    m.current_leader != Some(node_id)
-                        || m.last_applied
-                            .is_some_and(|l| l.leader_id.term == m.current_term)
-                },
+                |m| m.current_leader != Some(node_id) || applied_own_term(m),
                 "leader applied its own term",
             )
             .await;
@@ -525,9 +521,7 @@ impl Partition {
     pub fn leader_caught_up(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        m.current_leader == Some(self.node_id)
-            && m.last_applied
-                .is_some_and(|l| l.leader_id.term == m.current_term)
+        m.current_leader == Some(self.node_id) && applied_own_term(&m)
     }
 
     /// Applies retention: finds the purge point, makes sure a snapshot covers it, and asks

@@ -135,67 +135,65 @@ impl<'a> Parser<'a> {
         if depth > MAX_DEPTH {
             return None;
         }
-        self.eat(b'{')?;
+        self.items(b'{', b'}', |p| p.member(paths, wanted, depth, out))
+    }
+
+    /// One `"key": value` member of an object (see [`Parser::object`]).
+    fn member(
+        &mut self,
+        paths: &[Path],
+        wanted: &[usize],
+        depth: usize,
+        out: &mut [Option<Scalar<'a>>],
+    ) -> Option<()> {
         self.ws();
-        if self.peek() == Some(b'}') {
+        let key = self.string()?;
+        self.eat(b':')?;
+        self.ws();
+        // Which wanted paths go through this key: most keys match none (skipped), and
+        // a matching path usually ends here (no allocation on either path).
+        let through = |w: &usize| paths[*w].0.get(depth).is_some_and(|k| *k == *key);
+        let ends = |w: &usize| through(w) && paths[*w].0.len() == depth + 1;
+        let deeper = |w: &usize| through(w) && paths[*w].0.len() > depth + 1;
+        let ends_here = wanted.iter().any(ends);
+        let goes_deeper = wanted.iter().any(deeper);
+        if !ends_here && !goes_deeper {
+            self.skip(depth)?;
+            return Some(());
+        }
+        let value = if goes_deeper && self.peek() == Some(b'{') {
+            let next: Vec<usize> = wanted.iter().copied().filter(deeper).collect();
+            self.object(paths, &next, depth + 1, out)?;
+            // A path that also ends here gets the nested object.
+            Scalar::Nested
+        } else {
+            self.value(depth)?
+        };
+        for w in wanted.iter().filter(|w| ends(w)) {
+            out[*w] = Some(value.clone());
+        }
+        Some(())
+    }
+
+    /// `open item (, item)* close` or `open close`, with whitespace anywhere.
+    fn items(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
+        self.ws();
+        if self.peek() == Some(close) {
             self.i += 1;
             return Some(());
         }
         loop {
-            self.ws();
-            let key = self.string()?;
-            self.eat(b':')?;
-            self.ws();
-            // Which wanted paths go through this key: most keys match none (skipped), and
-            // a matching path usually ends here (no allocation on either path).
-            let mut ends_here = false;
-            let mut goes_deeper = false;
-            for w in wanted {
-                let parts = &paths[*w].0;
-                if parts.get(depth).is_some_and(|k| *k == *key) {
-                    if parts.len() == depth + 1 {
-                        ends_here = true;
-                    } else {
-                        goes_deeper = true;
-                    }
-                }
-            }
-            if !ends_here && !goes_deeper {
-                self.skip(depth)?;
-            } else if goes_deeper && self.peek() == Some(b'{') {
-                let deeper: Vec<usize> = wanted
-                    .iter()
-                    .copied()
-                    .filter(|w| {
-                        let parts = &paths[*w].0;
-                        parts.len() > depth + 1 && parts[depth] == *key
-                    })
-                    .collect();
-                self.object(paths, &deeper, depth + 1, out)?;
-                if ends_here {
-                    // Some path also ends here: the value is the nested object.
-                    for w in wanted {
-                        let parts = &paths[*w].0;
-                        if parts.len() == depth + 1 && parts[depth] == *key {
-                            out[*w] = Some(Scalar::Nested);
-                        }
-                    }
-                }
-            } else {
-                let value = self.value(depth)?;
-                if ends_here {
-                    for w in wanted {
-                        let parts = &paths[*w].0;
-                        if parts.len() == depth + 1 && parts[depth] == *key {
-                            out[*w] = Some(value.clone());
-                        }
-                    }
-                }
-            }
+            item(self)?;
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,
-                b'}' => {
+                c if c == close => {
                     self.i += 1;
                     return Some(());
                 }
@@ -295,48 +293,12 @@ impl<'a> Parser<'a> {
                 self.i += 1;
                 Some(())
             }
-            b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.string()?;
-                    self.eat(b':')?;
-                    self.skip(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b'}' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.skip(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b']' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
-                    }
-                }
-            }
+            b'{' => self.items(b'{', b'}', |p| {
+                p.string()?;
+                p.eat(b':')?;
+                p.skip(depth + 1)
+            }),
+            b'[' => self.items(b'[', b']', |p| p.skip(depth + 1)),
             _ => self.value(depth).map(|_| ()),
         }
     }

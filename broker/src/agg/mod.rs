@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
+use strata_storage::RecordBatch;
 
-use self::def::{AggregationDef, MeasureKind};
-use self::state::{AggState, Compiled, Event, MeasureAcc};
+use self::def::AggregationDef;
+use self::state::{AggState, Compiled, Event, WindowAcc};
 
 /// A control record in a partition's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,11 +49,7 @@ pub enum Control {
 impl Control {
     /// As a one-record control batch.
     pub fn to_batch(&self) -> Result<RecordBatch, String> {
-        let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
-        let mut b = BatchBuilder::with_capacity(json.len() + 128).control();
-        b.push(NewRecord::value(now_ms(), &json))
-            .map_err(|e| e.to_string())?;
-        b.finish().map_err(|e| e.to_string())
+        crate::raft::json_batch(self, true)
     }
 
     /// Reads a control batch's record back.
@@ -61,12 +57,6 @@ impl Control {
         let record = batch.records().next()?;
         serde_json::from_slice(record.value?).ok()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A running aggregation in a partition.
@@ -214,22 +204,18 @@ impl PartitionAggs {
 pub struct Row {
     /// Window start (ms).
     pub start: i64,
-    /// Window end (ms, exclusive).
-    pub end: i64,
     /// Group values.
     pub group: Vec<String>,
-    /// Partial measure values.
-    pub measures: Vec<MeasureAcc>,
-    /// Events in it.
-    pub events: u64,
-    /// Closed in every partition that has it.
-    pub closed: bool,
+    /// The window (merged: closed only if closed in every partition that has it).
+    #[serde(flatten)]
+    pub window: WindowAcc,
 }
 
 impl Row {
     /// The reported measure values.
     pub fn values(&self, def: &AggregationDef) -> Vec<Option<f64>> {
-        self.measures
+        self.window
+            .measures
             .iter()
             .zip(&def.measures)
             .map(|(acc, m)| acc.value(m.kind))
@@ -269,11 +255,8 @@ pub fn partial_rows(def: &AggregationDef, state: &AggState, sel: &Selection) -> 
         .filter(|(group, start, w)| sel.matches(def, group, *start, w.end))
         .map(|(group, start, w)| Row {
             start,
-            end: w.end,
             group: group.to_vec(),
-            measures: w.measures.clone(),
-            events: w.events,
-            closed: w.closed,
+            window: w.clone(),
         })
         .collect()
 }
@@ -283,34 +266,18 @@ pub fn partial_rows(def: &AggregationDef, state: &AggState, sel: &Selection) -> 
 pub fn merge_rows(parts: impl IntoIterator<Item = Row>) -> Vec<Row> {
     let mut merged: BTreeMap<(i64, Vec<String>, i64), Row> = BTreeMap::new();
     for row in parts {
-        match merged.entry((row.start, row.group.clone(), row.end)) {
+        match merged.entry((row.start, row.group.clone(), row.window.end)) {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(row);
             }
             std::collections::btree_map::Entry::Occupied(mut o) => {
-                let m = o.get_mut();
-                for (a, b) in m.measures.iter_mut().zip(&row.measures) {
-                    a.merge(b);
-                }
-                m.events += row.events;
-                m.closed &= row.closed;
+                let m = &mut o.get_mut().window;
+                m.merge(&row.window);
+                m.closed &= row.window.closed;
             }
         }
     }
     merged.into_values().collect()
-}
-
-/// A measure's display name and whether its values are counts.
-pub fn measure_names(def: &AggregationDef) -> Vec<(String, bool)> {
-    def.measures
-        .iter()
-        .map(|m| {
-            (
-                m.to_string(),
-                matches!(m.kind, MeasureKind::Count | MeasureKind::CountDistinct),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -297,6 +297,39 @@ pub struct WindowAcc {
     pub events: u64,
 }
 
+impl WindowAcc {
+    /// An empty open window ending at `end`.
+    fn new(c: &Compiled, end: i64) -> WindowAcc {
+        WindowAcc {
+            end,
+            measures: c
+                .def
+                .measures
+                .iter()
+                .map(|m| MeasureAcc::new(m.kind))
+                .collect(),
+            closed: false,
+            events: 0,
+        }
+    }
+
+    /// Adds one event's measure values.
+    fn add(&mut self, values: &[Option<&Scalar<'_>>]) {
+        self.events += 1;
+        for (acc, v) in self.measures.iter_mut().zip(values) {
+            acc.add(*v);
+        }
+    }
+
+    /// Folds another partial window's events and measures in (not its end or state).
+    pub fn merge(&mut self, other: &WindowAcc) {
+        self.events += other.events;
+        for (a, b) in self.measures.iter_mut().zip(&other.measures) {
+            a.merge(b);
+        }
+    }
+}
+
 /// Key of a window: group values, then start.
 pub type WindowKey = (Vec<String>, i64);
 
@@ -515,24 +548,10 @@ impl AggState {
         end: i64,
         values: &[Option<&Scalar<'_>>],
     ) {
-        let w = self
-            .group_mut(key)
+        self.group_mut(key)
             .entry(start)
-            .or_insert_with(|| WindowAcc {
-                end,
-                measures: c
-                    .def
-                    .measures
-                    .iter()
-                    .map(|m| MeasureAcc::new(m.kind))
-                    .collect(),
-                closed: false,
-                events: 0,
-            });
-        w.events += 1;
-        for (acc, v) in w.measures.iter_mut().zip(values) {
-            acc.add(*v);
-        }
+            .or_insert_with(|| WindowAcc::new(c, end))
+            .add(values);
     }
 
     /// Adds an event at `time` to its group's sessions, merging every open session it
@@ -553,32 +572,16 @@ impl AggState {
             .collect();
         let mut start = time;
         let mut end = time.saturating_add(gap);
-        let mut merged = WindowAcc {
-            end,
-            measures: c
-                .def
-                .measures
-                .iter()
-                .map(|m| MeasureAcc::new(m.kind))
-                .collect(),
-            closed: false,
-            events: 0,
-        };
+        let mut merged = WindowAcc::new(c, end);
         for s in touching {
             if let Some(w) = windows.remove(&s) {
                 start = start.min(s);
                 end = end.max(w.end);
-                merged.events += w.events;
-                for (a, b) in merged.measures.iter_mut().zip(&w.measures) {
-                    a.merge(b);
-                }
+                merged.merge(&w);
             }
         }
         merged.end = end;
-        merged.events += 1;
-        for (acc, v) in merged.measures.iter_mut().zip(values) {
-            acc.add(*v);
-        }
+        merged.add(values);
         windows.insert(start, merged);
     }
 

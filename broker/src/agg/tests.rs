@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use strata_storage::{BatchBuilder, NewRecord};
+use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
 
 use super::def::{AggregationDef, GroupBy, Measure, TimeSource, Window};
 use super::*;
@@ -231,7 +231,8 @@ fn brute_force(
     (out, late, max_t.unwrap_or(i64::MIN) - LATENESS)
 }
 
-fn fold_all(d: &AggregationDef, evs: &[Ev]) -> AggState {
+/// Aggregation 1 running `d` from offset 0.
+fn running(d: &AggregationDef) -> PartitionAggs {
     let mut aggs = PartitionAggs::default();
     aggs.control(
         Control::StartAggregation {
@@ -241,13 +242,29 @@ fn fold_all(d: &AggregationDef, evs: &[Ev]) -> AggState {
         },
         0,
     );
-    // Batches of up to 20 records, timestamps unused (time comes from the field).
-    for chunk in evs.chunks(20) {
-        let mut b = BatchBuilder::new();
-        for e in chunk {
-            b.push(NewRecord::value(0, e.json.as_bytes())).unwrap();
-        }
-        aggs.fold_batch(&b.finish().unwrap(), None, 0);
+    aggs
+}
+
+/// One batch of these values (timestamps unused: time comes from a field).
+fn batch_of<'a>(values: impl IntoIterator<Item = &'a str>) -> RecordBatch {
+    let mut b = BatchBuilder::new();
+    for v in values {
+        b.push(NewRecord::value(0, v.as_bytes())).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+/// The events in batches of up to 20 records.
+fn batches(evs: &[Ev]) -> Vec<RecordBatch> {
+    evs.chunks(20)
+        .map(|chunk| batch_of(chunk.iter().map(|e| e.json.as_str())))
+        .collect()
+}
+
+fn fold_all(d: &AggregationDef, evs: &[Ev]) -> AggState {
+    let mut aggs = running(d);
+    for b in batches(evs) {
+        aggs.fold_batch(&b, None, 0);
     }
     aggs.running.remove(&1).unwrap().state
 }
@@ -258,7 +275,7 @@ fn check_row(d: &AggregationDef, row: &Row, members: &[&Ev], what: &str) {
     let temps: Vec<f64> = members.iter().filter_map(|e| e.temperature).collect();
     let mut sorted = temps.clone();
     sorted.sort_by(f64::total_cmp);
-    assert_eq!(row.events, members.len() as u64, "{what}: events");
+    assert_eq!(row.window.events, members.len() as u64, "{what}: events");
     assert_eq!(values[0], Some(members.len() as f64), "{what}: count");
     let sum: f64 = temps.iter().sum();
     assert!(
@@ -322,8 +339,8 @@ fn check(window: Window, filter: Option<&str>, seed: u64) {
         let rows = partial_rows(&d, &state, &Selection::default());
         for row in &rows {
             let (end, members) = &expected[&(row.group.clone(), row.start)];
-            assert_eq!(row.end, *end);
-            assert_eq!(row.closed, *end <= wm, "partition {p}: closed flag");
+            assert_eq!(row.window.end, *end);
+            assert_eq!(row.window.closed, *end <= wm, "partition {p}: closed flag");
             let members: Vec<&Ev> = members.iter().map(|i| &evs[*i]).collect();
             check_row(
                 &d,
@@ -332,7 +349,7 @@ fn check(window: Window, filter: Option<&str>, seed: u64) {
                 &format!("partition {p} window {:?}", (row.start, &row.group)),
             );
             expected_merged
-                .entry((row.start, row.group.clone(), row.end))
+                .entry((row.start, row.group.clone(), row.window.end))
                 .or_default()
                 .extend(members);
         }
@@ -348,7 +365,7 @@ fn check(window: Window, filter: Option<&str>, seed: u64) {
     let merged = merge_rows(all_partials);
     assert_eq!(merged.len(), expected_merged.len());
     for row in &merged {
-        let members = &expected_merged[&(row.start, row.group.clone(), row.end)];
+        let members = &expected_merged[&(row.start, row.group.clone(), row.window.end)];
         check_row(
             &d,
             row,
@@ -423,25 +440,8 @@ fn state_round_trips_through_json_and_keeps_folding_the_same() {
     let evs = events(&mut rng, 600, 1_700_000_000_000);
     let whole = fold_all(&d, &evs);
     // Fold half, snapshot, restore, fold the rest.
-    let mut aggs = PartitionAggs::default();
-    aggs.control(
-        Control::StartAggregation {
-            id: 1,
-            def: Box::new(d.clone()),
-            backfill_from: None,
-        },
-        0,
-    );
-    let batches: Vec<_> = evs
-        .chunks(20)
-        .map(|chunk| {
-            let mut b = BatchBuilder::new();
-            for e in chunk {
-                b.push(NewRecord::value(0, e.json.as_bytes())).unwrap();
-            }
-            b.finish().unwrap()
-        })
-        .collect();
+    let mut aggs = running(&d);
+    let batches = batches(&evs);
     for b in &batches[..15] {
         aggs.fold_batch(b, None, 0);
     }
@@ -482,25 +482,14 @@ fn huge_numbers_and_extreme_times_neither_panic_nor_break_snapshots() {
         },
         None,
     );
-    let mut aggs = PartitionAggs::default();
-    aggs.control(
-        Control::StartAggregation {
-            id: 1,
-            def: Box::new(d),
-            backfill_from: None,
-        },
-        0,
-    );
-    let mut b = BatchBuilder::new();
-    for doc in [
+    let mut aggs = running(&d);
+    let batch = batch_of([
         r#"{"t": 1700000000000, "device": "d", "temperature": 1e300, "reading": 1}"#,
         r#"{"t": 1700000000001, "device": "d", "temperature": -1e308, "reading": 1e300}"#,
         r#"{"t": -9000000000000000, "device": "d", "temperature": 1, "reading": 2}"#,
         r#"{"t": 9000000000000000, "device": "d", "temperature": 2, "reading": 3}"#,
-    ] {
-        b.push(NewRecord::value(0, doc.as_bytes())).unwrap();
-    }
-    aggs.fold_batch(&b.finish().unwrap(), None, 0);
+    ]);
+    aggs.fold_batch(&batch, None, 0);
     let state = &aggs.running[&1].state;
     assert!(state.skipped.keys().any(|k| k.contains("no usable value")));
     let json = serde_json::to_vec(&aggs).expect("the state serializes");
@@ -512,7 +501,7 @@ fn huge_numbers_and_extreme_times_neither_panic_nor_break_snapshots() {
 fn quantiles_are_nearest_rank() {
     use super::def::MeasureKind;
     let q = |values: &[f64], q: f64| {
-        let mut acc = MeasureAcc::Sketch(None);
+        let mut acc = super::state::MeasureAcc::Sketch(None);
         for v in values {
             acc.add_for_test(*v);
         }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
-use strata_storage::{BatchBuilder, NewRecord, RecordBatch};
+use strata_storage::RecordBatch;
 use tokio::sync::watch;
 
 use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
@@ -186,14 +186,7 @@ pub enum CommandResult {
 impl Command {
     /// The command as a one-record batch.
     pub fn to_batch(&self) -> io::Result<RecordBatch> {
-        let json = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let mut b = BatchBuilder::with_capacity(json.len() + 128);
-        b.push(NewRecord::value(now, &json))
-            .map_err(io::Error::other)?;
-        b.finish().map_err(io::Error::other)
+        super::json_batch(self, false).map_err(io::Error::other)
     }
 
     fn from_batch(batch: &RecordBatch) -> Result<Command, String> {

@@ -136,6 +136,30 @@ pub fn to_storage_log_id(id: &RaftLogId) -> strata_storage::LogId {
     strata_storage::LogId::new(id.leader_id.term, id.leader_id.node_id, id.index)
 }
 
+/// A one-record batch holding `value` as JSON, stamped now: a controller command, or (as a
+/// `control` batch) a partition's control record.
+pub fn json_batch(value: &impl Serialize, control: bool) -> Result<RecordBatch, String> {
+    let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut b = strata_storage::BatchBuilder::with_capacity(json.len() + 128);
+    if control {
+        b = b.control();
+    }
+    b.push(strata_storage::NewRecord::value(now, &json))
+        .map_err(|e| e.to_string())?;
+    b.finish().map_err(|e| e.to_string())
+}
+
+/// Whether a replica has applied an entry of its current term: for a leader, that it has
+/// applied everything committed before its election (openraft's leader restore is off, so a
+/// leader always has an entry of its own term; see [`RaftTuning::config`]).
+pub fn applied_own_term(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    m.last_applied
+        .is_some_and(|l| l.leader_id.term == m.current_term)
+}
+
 /// Timing and batching of every group, tuned for a few nodes on a LAN (see README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftTuning {

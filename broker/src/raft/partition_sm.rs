@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use strata_storage::PartitionLog;
@@ -22,7 +21,7 @@ use crate::agg::{Control, PartitionAggs};
 
 use super::snapshot::{MachineState, Position, Snapshots, StateSnapshotBuilder};
 use super::store::SnapshotHint;
-use super::{Applied, Batch, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use super::{Applied, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::sync::lock;
 
 /// Recent batches remembered per producer, as in Kafka: a retry of any of the last five
@@ -236,10 +235,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         S: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let applied = {
+            // Producer state under the state lock; aggregations under their own, after it.
+            let (applied, fold) = {
                 let mut s = lock(&self.state);
                 match s.position.advance(&entry) {
-                    None => Applied::None,
+                    None => (Applied::None, None),
                     Some(batch) if batch.is_control() => {
                         let base_offset = batch.base_offset();
                         match Control::from_batch(batch) {
@@ -254,7 +254,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                                 "unreadable control batch left out"
                             ),
                         }
-                        Applied::Appended { base_offset }
+                        (Applied::Appended { base_offset }, None)
                     }
                     Some(batch) => {
                         let base_offset = batch.base_offset();
@@ -265,13 +265,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                             batch.record_count(),
                             base_offset,
                         );
-                        Applied::Appended { base_offset }
+                        (Applied::Appended { base_offset }, Some(batch))
                     }
                 }
             };
-            if let EntryPayload::Normal(Batch(batch)) = &entry.payload
-                && !batch.is_control()
-            {
+            if let Some(batch) = fold {
                 let mut aggs = lock(&self.aggs);
                 if !aggs.is_empty() {
                     aggs.fold_batch(batch, None, 0);

@@ -119,15 +119,15 @@ fn stats(
 fn to_row(def: &AggregationDef, row: &Row) -> v1::AggregationRow {
     v1::AggregationRow {
         start_ms: row.start,
-        end_ms: row.end,
+        end_ms: row.window.end,
         group: row.group.clone(),
         values: row
             .values(def)
             .into_iter()
             .map(|value| v1::MeasureValue { value })
             .collect(),
-        events: row.events,
-        closed: row.closed,
+        events: row.window.events,
+        closed: row.window.closed,
     }
 }
 

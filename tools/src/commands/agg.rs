@@ -110,15 +110,23 @@ fn value_text(v: Option<f64>) -> String {
     }
 }
 
-fn parse_where(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    items
-        .iter()
-        .map(|w| {
-            w.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| anyhow::anyhow!("--where {w}: expected PART=VALUE"))
-        })
-        .collect()
+impl QueryArgs {
+    /// Where `--since` starts, in epoch ms.
+    fn since_ms(&self) -> Option<i64> {
+        self.since.map(|s| now_ms() - s.as_millis() as i64)
+    }
+
+    /// The `--where` pairs.
+    fn filters(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.r#where
+            .iter()
+            .map(|w| {
+                w.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("--where {w}: expected PART=VALUE"))
+            })
+            .collect()
+    }
 }
 
 fn row_json(measures: &[String], group_by: &[String], row: &AggregationRow) -> serde_json::Value {
@@ -287,8 +295,7 @@ pub async fn run(command: AggCommand, brokers: &str, json: bool) -> anyhow::Resu
             }
         }
         AggCommand::Query(q) => {
-            let from = q.since.map(|s| now_ms() - s.as_millis() as i64);
-            let filters = parse_where(&q.r#where)?;
+            let (from, filters) = (q.since_ms(), q.filters()?);
             let filters: Vec<(&str, &str)> = filters
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -297,8 +304,7 @@ pub async fn run(command: AggCommand, brokers: &str, json: bool) -> anyhow::Resu
             print_rows(&result.measures, &result.group_by, &result.rows, json);
         }
         AggCommand::Watch(q) => {
-            let from = q.since.map(|s| now_ms() - s.as_millis() as i64);
-            let filters = parse_where(&q.r#where)?;
+            let (from, filters) = (q.since_ms(), q.filters()?);
             let filters: Vec<(&str, &str)> = filters
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
