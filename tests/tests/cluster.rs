@@ -134,23 +134,17 @@ fn spawn_numbered_producer(
 
 /// Reads partition 0 of `topic` from the start until `n` records came, through `client`.
 async fn read_values(client: &strata_client::Client, topic: &str, n: usize) -> Vec<u64> {
-    let mut consumer = reader(client, topic, [0], StartAt::Earliest).await;
-    let mut values = Vec::with_capacity(n);
-    while values.len() < n {
-        let r = next_record(&mut consumer).await;
-        values.push(
-            std::str::from_utf8(r.value.as_deref().unwrap())
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
-    }
-    values
+    read_strings(client, topic, n)
+        .await
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect()
 }
 
-fn has_duplicates(values: &[u64]) -> bool {
+/// The first value stored twice, if any.
+fn first_duplicate(values: &[u64]) -> Option<u64> {
     let mut seen = std::collections::BTreeSet::new();
-    values.iter().any(|v| !seen.insert(*v))
+    values.iter().copied().find(|v| !seen.insert(*v))
 }
 
 /// Prints every replica's log of partition 0 (log id, producer id/epoch/sequence, base
@@ -202,14 +196,12 @@ async fn read_strings(client: &strata_client::Client, topic: &str, n: usize) -> 
 
 /// Every acknowledged value appears exactly once, and values appear in send order.
 fn check_acknowledged(values: &[u64], acked: &[u64]) {
-    let mut seen = std::collections::BTreeSet::new();
-    for v in values {
-        if !seen.insert(*v) {
-            let at: Vec<usize> = (0..values.len()).filter(|i| values[*i] == *v).collect();
-            let around = &values[at[0].saturating_sub(3)..(at[at.len() - 1] + 4).min(values.len())];
-            panic!("value {v} stored twice, at offsets {at:?}; around: {around:?}");
-        }
+    if let Some(v) = first_duplicate(values) {
+        let at: Vec<usize> = (0..values.len()).filter(|i| values[*i] == v).collect();
+        let around = &values[at[0].saturating_sub(3)..(at[at.len() - 1] + 4).min(values.len())];
+        panic!("value {v} stored twice, at offsets {at:?}; around: {around:?}");
     }
+    let seen: std::collections::BTreeSet<u64> = values.iter().copied().collect();
     for a in acked {
         assert!(seen.contains(a), "acknowledged value {a} lost");
     }
@@ -362,6 +354,20 @@ fn batch(value: &str, producer: Option<(i64, i16, i32)>) -> bytes::Bytes {
     b.finish().unwrap().into_bytes()
 }
 
+/// An idempotent producer id and epoch from the node at `address`, with the raw API.
+async fn init_producer(address: std::net::SocketAddr) -> (i64, i16) {
+    use strata_proto::v1;
+    let mut rpc = v1::produce_client::ProduceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let id = rpc
+        .init_producer(v1::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (id.producer_id, id.producer_epoch as i16)
+}
+
 /// Sends one batch to partition 0 of `topic` at `address` with the raw API: the base
 /// offset, or the error code.
 async fn raw_produce(
@@ -481,15 +487,7 @@ async fn t33_a_retried_batch_whose_answer_was_lost_is_stored_once() {
     let client = cluster.client().await;
     client.admin().create_topic("once", rf3(1)).await.unwrap();
     let leader = cluster.node(cluster.leader_of("once", 0).await).address;
-    let mut rpc = v1::produce_client::ProduceClient::connect(format!("http://{leader}"))
-        .await
-        .unwrap();
-    let id = rpc
-        .init_producer(v1::InitProducerRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let (pid, epoch) = (id.producer_id, id.producer_epoch as i16);
+    let (pid, epoch) = init_producer(leader).await;
     assert!(pid > 0);
     let send = async |value: &str, epoch: i16, seq: i32| {
         produce_to_leader(&cluster, "once", batch(value, Some((pid, epoch, seq)))).await
@@ -524,7 +522,6 @@ async fn t33_a_retried_batch_whose_answer_was_lost_is_stored_once() {
 /// that batch must not be stored a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t37_a_leader_restarted_in_its_term_does_not_store_a_retry_twice() {
-    use strata_proto::v1;
     let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
     let client = cluster.client().await;
     client
@@ -532,16 +529,8 @@ async fn t37_a_leader_restarted_in_its_term_does_not_store_a_retry_twice() {
         .create_topic("restored", rf3(1))
         .await
         .unwrap();
-    let address = cluster.node(1).address;
-    let mut rpc = v1::produce_client::ProduceClient::connect(format!("http://{address}"))
-        .await
-        .unwrap();
-    let id = rpc
-        .init_producer(v1::InitProducerRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let producer = |seq| Some((id.producer_id, id.producer_epoch as i16, seq));
+    let (pid, epoch) = init_producer(cluster.node(1).address).await;
+    let producer = |seq| Some((pid, epoch, seq));
     assert_eq!(
         produce_to_leader(&cluster, "restored", batch("a", producer(0))).await,
         Ok(0)
@@ -800,7 +789,7 @@ async fn t35_random_faults_lose_and_duplicate_nothing() {
     })
     .await;
     let values = read_values(&client, "chaos", stored).await;
-    if has_duplicates(&values) {
+    if first_duplicate(&values).is_some() {
         dump_logs(&mut cluster, "chaos");
     }
     check_acknowledged(&values, &acked);
@@ -910,6 +899,20 @@ fn expected_windows(n: u64, base: i64) -> BTreeMap<(i64, String), (u64, f64, usi
         .collect()
 }
 
+/// Waits until every one of the `partitions` of an aggregation's topic runs it.
+async fn wait_running(aggs: &strata_client::Aggregations, name: &str, partitions: usize) {
+    eventually(
+        Duration::from_secs(20),
+        "every partition to run it",
+        async || {
+            let d = aggs.describe(name).await.ok()?;
+            (d.partitions.len() == partitions && d.partitions.iter().all(|p| p.running))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// Aggregation results equal a brute-force computation after the leader of a partition is
 /// killed mid-stream (the state is replicated with the log); bad definitions are refused with
 /// a message saying what is wrong.
@@ -980,15 +983,7 @@ async fn t40_aggregations_survive_a_leader_kill_and_equal_brute_force() {
     aggs.create(spec.clone()).await.unwrap();
     let e = aggs.create(spec.clone()).await.unwrap_err();
     assert_eq!(e.code(), Some(strata_client::ErrorCode::AggregationExists));
-    eventually(
-        Duration::from_secs(20),
-        "every partition to run it",
-        async || {
-            let d = aggs.describe("per-device").await.ok()?;
-            (d.partitions.len() == 2 && d.partitions.iter().all(|p| p.running)).then_some(())
-        },
-    )
-    .await;
+    wait_running(&aggs, "per-device", 2).await;
 
     let n = 3_000u64;
     let base = 1_700_000_000_000i64;
@@ -1104,15 +1099,7 @@ async fn t40_aggregations_survive_a_leader_kill_and_equal_brute_force() {
     })
     .await
     .unwrap();
-    eventually(
-        Duration::from_secs(20),
-        "every partition to run it",
-        async || {
-            let d = aggs.describe("spread-count").await.ok()?;
-            (d.partitions.len() == 3 && d.partitions.iter().all(|p| p.running)).then_some(())
-        },
-    )
-    .await;
+    wait_running(&aggs, "spread-count", 3).await;
     let producer = client.producer().build();
     for i in 0..300u64 {
         let value = format!(r#"{{"t":{},"device":"d{}"}}"#, base + 10 * i as i64, i % 3);
