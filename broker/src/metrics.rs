@@ -1,7 +1,8 @@
 //! Prometheus metrics of a node, served at `GET /metrics` (OpenMetrics text format).
 //!
-//! Request counters and latency histograms are updated on the request path; per-partition
-//! and per-group values (log bytes, high watermark, group lag) are read when scraped.
+//! Request counters and latency histograms are updated on the request path; per-partition,
+//! per-group and per-aggregation values (log bytes, high watermark, group lag, events, late
+//! and skipped events, windows, watermark) are read when scraped.
 
 use std::time::Duration;
 
@@ -34,6 +35,13 @@ struct ErrorLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabel {
+    topic: String,
+    partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AggregationLabel {
+    aggregation: String,
     topic: String,
     partition: u32,
 }
@@ -163,6 +171,13 @@ impl Metrics {
         let log_bytes = Family::<PartitionLabel, Gauge>::default();
         let high_watermark = Family::<PartitionLabel, Gauge>::default();
         let lag = Family::<GroupLabel, Gauge>::default();
+        let [
+            agg_events,
+            agg_late,
+            agg_skipped,
+            agg_windows,
+            agg_watermark,
+        ] = std::array::from_fn(|_| Family::<AggregationLabel, Gauge>::default());
         let mut count = 0;
         for topic in topics.all() {
             for p in &topic.partitions {
@@ -175,6 +190,29 @@ impl Metrics {
                 high_watermark
                     .get_or_create(&label)
                     .set(p.high_watermark() as i64);
+                p.with_aggs(|aggs| {
+                    for running in aggs.running.values() {
+                        let label = AggregationLabel {
+                            aggregation: running.def.name.clone(),
+                            topic: topic.name.clone(),
+                            partition: p.id(),
+                        };
+                        let s = &running.state;
+                        agg_events.get_or_create(&label).set(s.events as i64);
+                        agg_late.get_or_create(&label).set(s.late_events as i64);
+                        let skipped: u64 = s.skipped.values().sum();
+                        agg_skipped.get_or_create(&label).set(skipped as i64);
+                        agg_windows
+                            .get_or_create(&label)
+                            .set(s.window_count() as i64);
+                        if let Some(t) = s.max_event_time {
+                            let lateness = running.def.lateness_ms as i64;
+                            agg_watermark
+                                .get_or_create(&label)
+                                .set(t.saturating_sub(lateness));
+                        }
+                    }
+                });
             }
         }
         partitions.set(count);
@@ -198,6 +236,31 @@ impl Metrics {
             high_watermark,
         );
         scrape.register("group_lag", "Records a group has not committed yet", lag);
+        scrape.register(
+            "aggregation_events",
+            "Events an aggregation folded in (this replica)",
+            agg_events,
+        );
+        scrape.register(
+            "aggregation_late_events",
+            "Events that came after their window closed",
+            agg_late,
+        );
+        scrape.register(
+            "aggregation_skipped_events",
+            "Events left out (no time field, wrong type, not JSON)",
+            agg_skipped,
+        );
+        scrape.register(
+            "aggregation_windows",
+            "Windows an aggregation holds in memory",
+            agg_windows,
+        );
+        scrape.register(
+            "aggregation_watermark_ms",
+            "Largest event time minus the allowed lateness",
+            agg_watermark,
+        );
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);

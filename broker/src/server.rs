@@ -1,5 +1,6 @@
 //! Starting and stopping a node: bind, open storage, serve, run background tasks, shut down.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -198,6 +199,7 @@ impl Broker {
             }),
             tokio::spawn(balance_leaders(node.clone())),
             tokio::spawn(reconcile_aggregations(node.clone())),
+            tokio::spawn(service::emit::emit_aggregations(node.clone())),
         ];
         tracing::info!(node_id = node.config.node_id, %address, http = ?http_address, data_dir = %node.config.data_dir.display(), "node started");
         Ok(Broker {
@@ -345,20 +347,38 @@ async fn reconcile_aggregations(node: Arc<Node>) {
                 if !p.leader_caught_up() {
                     continue;
                 }
-                let running: Vec<u64> = p.with_aggs(|a| a.running.keys().copied().collect());
+                let running: BTreeMap<u64, Option<i64>> = p.with_aggs(|a| {
+                    a.running
+                        .iter()
+                        .map(|(id, r)| (*id, r.state.emitted_upto))
+                        .collect()
+                });
                 let mut controls = Vec::new();
                 for a in &desired {
-                    if !running.contains(&a.id) {
+                    let Some(emitted_upto) = running.get(&a.id) else {
                         controls.push(Control::StartAggregation {
                             id: a.id,
                             def: Box::new(a.def.clone()),
                             backfill_from: a.def.backfill.then(|| p.start_offset()),
                         });
+                        continue;
+                    };
+                    // Tell the partition how far the output topic has been written.
+                    let out_partitions = a
+                        .def
+                        .emit_to
+                        .as_ref()
+                        .and_then(|t| cluster.topics.get(t))
+                        .map_or(0, |t| t.replicas.len());
+                    if let Some(upto) = a.emitted_everywhere(out_partitions)
+                        && emitted_upto.is_none_or(|e| e < upto)
+                    {
+                        controls.push(Control::Emitted { id: a.id, upto });
                     }
                 }
-                for id in running {
-                    if !desired.iter().any(|a| a.id == id) {
-                        controls.push(Control::StopAggregation { id });
+                for id in running.keys() {
+                    if !desired.iter().any(|a| a.id == *id) {
+                        controls.push(Control::StopAggregation { id: *id });
                     }
                 }
                 for control in controls {

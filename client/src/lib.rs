@@ -38,7 +38,7 @@ mod aggregations;
 mod client;
 mod consumer;
 mod error;
-pub mod partitioner;
+pub use strata_storage::partitioner;
 mod producer;
 mod record;
 

@@ -27,6 +27,8 @@
 //!   loaded sealed segments, and the recovery scan.
 //! - [`log`]: [`PartitionLog`] itself: append with group commit, reads, truncation, purge,
 //!   retention, recovery at open, the background [`Flusher`].
+//! - [`partitioner`]: which partition a keyed record goes to (Kafka's murmur2), shared by
+//!   the client and the broker's own writers.
 //! - `error`: [`Error`], one enum for the crate.
 #![deny(unsafe_code)]
 
@@ -35,6 +37,7 @@ pub mod entry;
 mod error;
 pub mod log;
 mod mmap;
+pub mod partitioner;
 mod segment;
 mod varint;
 

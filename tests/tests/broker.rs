@@ -687,12 +687,31 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String)
 }
 
 /// t04: operators get health and Prometheus metrics (traffic, latency, partitions, log size,
-/// group lag) over HTTP.
+/// group lag, aggregation counters) over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t04_health_and_metrics_over_http() {
     let broker = TestBroker::start_with(|c| c.http = Some("127.0.0.1:0".parse().unwrap())).await;
     let http = broker.http_address().unwrap();
     let client = broker.client_with_topic("watched", 2).await;
+    let aggs = client.aggregations();
+    aggs.create(strata_client::AggregationSpec {
+        name: "per-second".into(),
+        topic: "watched".into(),
+        window: "tumbling:1s".into(),
+        measures: vec!["count".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the aggregation to run",
+        async || {
+            let d = aggs.describe("per-second").await.ok()?;
+            d.partitions.iter().all(|p| p.running).then_some(())
+        },
+    )
+    .await;
     let producer = client.producer().build();
     produce_to_each(&producer, "watched", 2, 5, "m").await;
     let mut consumer = client
@@ -720,7 +739,10 @@ async fn t04_health_and_metrics_over_http() {
         "strata_partitions 2",
         "strata_log_bytes{topic=\"watched\",partition=\"0\"}",
         "strata_group_lag{group=\"ops\",topic=\"watched\",partition=\"0\"} 0",
-        "strata_high_watermark{topic=\"watched\",partition=\"1\"} 5",
+        "strata_high_watermark{topic=\"watched\",partition=\"1\"} 6",
+        "strata_aggregation_events{aggregation=\"per-second\",topic=\"watched\",partition=\"1\"} 5",
+        "strata_aggregation_late_events{aggregation=\"per-second\",topic=\"watched\",partition=\"0\"} 0",
+        "strata_aggregation_windows{aggregation=\"per-second\",topic=\"watched\",partition=\"0\"}",
     ] {
         assert!(
             metrics.contains(expected),

@@ -3,7 +3,8 @@
 //!
 //! Fifty devices over four sites report temperature (a random walk per device), humidity and
 //! pressure; `status` is `alarm` above 35 °C, `warn` above 30 °C, else `ok`. Two
-//! aggregations are defined on the topic ([`AGGREGATIONS`]).
+//! aggregations are defined on the topic ([`AGGREGATIONS`]); the per-site alarm counts also
+//! go to the [`ALARMS_TOPIC`] topic as each minute closes.
 
 use std::time::Duration;
 
@@ -101,7 +102,24 @@ impl Generator {
 /// and per-site alarm counts.
 pub const AGGREGATIONS: [&str; 2] = ["device-temperature-1m", "site-alarms-1m"];
 
+/// The topic that receives every closed window of `site-alarms-1m`.
+pub const ALARMS_TOPIC: &str = "site-alarms";
+
+/// Creates a topic unless it exists.
+async fn create_topic(client: &Client, name: &str, spec: TopicSpec) -> anyhow::Result<()> {
+    match client.admin().create_topic(name, spec).await {
+        Err(e) if e.code() != Some(strata_client::ErrorCode::TopicExists) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 async fn define_aggregations(client: &Client) -> anyhow::Result<()> {
+    let alarms = TopicSpec {
+        partitions: 2,
+        retention_ms: Some(7 * 86_400_000),
+        ..Default::default()
+    };
+    create_topic(client, ALARMS_TOPIC, alarms).await?;
     let specs = [
         strata_client::AggregationSpec {
             name: AGGREGATIONS[0].into(),
@@ -127,6 +145,7 @@ async fn define_aggregations(client: &Client) -> anyhow::Result<()> {
             filter: r#"status == "alarm""#.into(),
             measures: vec!["count".into(), "count_distinct(device)".into()],
             lateness_ms: 5_000,
+            emit_to: ALARMS_TOPIC.into(),
             ..Default::default()
         },
     ];
@@ -146,21 +165,12 @@ pub async fn run(
     rate: u64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    if let Err(e) = client
-        .admin()
-        .create_topic(
-            TOPIC,
-            TopicSpec {
-                partitions: 8,
-                retention_ms: Some(86_400_000),
-                ..Default::default()
-            },
-        )
-        .await
-        && e.code() != Some(strata_client::ErrorCode::TopicExists)
-    {
-        return Err(e.into());
-    }
+    let sensors = TopicSpec {
+        partitions: 8,
+        retention_ms: Some(86_400_000),
+        ..Default::default()
+    };
+    create_topic(&client, TOPIC, sensors).await?;
     define_aggregations(&client).await?;
     let producer = client.producer().build();
     let mut generator = Generator::new(0x5eed);

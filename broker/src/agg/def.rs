@@ -275,7 +275,8 @@ pub struct AggregationDef {
     pub measures: Vec<Measure>,
     /// How far event time may go back before an event is late.
     pub lateness_ms: u64,
-    /// Closed windows whose end is this far behind the watermark leave memory.
+    /// Closed windows whose end is this far behind the watermark leave memory (with an
+    /// output topic, only once they were written to it).
     pub retain_ms: u64,
     /// Topic that receives each closed window as one JSON event.
     pub emit_to: Option<String>,
@@ -327,17 +328,31 @@ impl AggregationDef {
             if *t == self.topic {
                 return Err("an aggregation cannot emit into the topic it reads".into());
             }
-            return Err(format!(
-                "emitting closed windows to a topic (`{t}`) is not supported yet; query or watch the aggregation instead"
-            ));
         }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A valid definition: a count over 1 s tumbling windows of record time.
+    pub(crate) fn sample(name: &str, topic: &str) -> AggregationDef {
+        AggregationDef {
+            name: name.into(),
+            topic: topic.into(),
+            window: Window::Tumbling { size_ms: 1000 },
+            time: TimeSource::Timestamp,
+            group_by: vec![],
+            filter: None,
+            measures: vec![Measure::parse("count").unwrap()],
+            lateness_ms: 0,
+            retain_ms: DEFAULT_RETAIN_MS,
+            emit_to: None,
+            backfill: false,
+        }
+    }
 
     #[test]
     fn specs_parse_and_bad_ones_say_why() {
@@ -387,25 +402,18 @@ mod tests {
         assert!(Measure::parse("avg(").unwrap_err().contains("expected"));
         assert!(Measure::parse("avg()").is_err());
         assert_eq!(GroupBy::parse("key"), Ok(GroupBy::Key));
-        let def = AggregationDef {
-            name: "a".into(),
-            topic: "t".into(),
-            window: Window::Tumbling { size_ms: 1000 },
-            time: TimeSource::Timestamp,
-            group_by: vec![],
-            filter: None,
-            measures: vec![Measure::parse("count").unwrap()],
-            lateness_ms: 0,
-            retain_ms: DEFAULT_RETAIN_MS,
-            emit_to: None,
-            backfill: false,
-        };
+        let def = sample("a", "t");
         assert_eq!(def.validate(), Ok(()));
         let emit = AggregationDef {
             emit_to: Some("out".into()),
             ..def.clone()
         };
-        assert!(emit.validate().unwrap_err().contains("not supported yet"));
+        assert_eq!(emit.validate(), Ok(()));
+        let into_itself = AggregationDef {
+            emit_to: Some("t".into()),
+            ..def.clone()
+        };
+        assert!(into_itself.validate().unwrap_err().contains("cannot emit"));
         let no_measures = AggregationDef {
             measures: vec![],
             ..def.clone()

@@ -44,6 +44,14 @@ pub enum Control {
         /// Aggregation id.
         id: u64,
     },
+    /// Every window of aggregation `id` ending at or before `upto` was written to its output
+    /// topic: close such windows here too and let them leave memory.
+    Emitted {
+        /// Aggregation id.
+        id: u64,
+        /// Window end (ms).
+        upto: i64,
+    },
 }
 
 impl Control {
@@ -133,6 +141,14 @@ impl PartitionAggs {
             }
             Control::StopAggregation { id } => {
                 self.running.remove(&id);
+                None
+            }
+            Control::Emitted { id, upto } => {
+                if let Some(running) = self.running.get_mut(&id)
+                    && let Some(compiled) = running.compiled()
+                {
+                    running.state.emitted(&compiled, upto);
+                }
                 None
             }
         }

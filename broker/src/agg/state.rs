@@ -356,8 +356,13 @@ pub struct AggState {
     pub skipped: BTreeMap<String, u64>,
     /// Events folded in.
     pub events: u64,
-    /// Windows closed so far (they are numbered in closing order for the output topic).
+    /// Windows closed so far.
     pub closed_windows: u64,
+    /// Windows ending at or before this were written to the output topic: they are closed
+    /// here too, even if this partition's own watermark is behind (it had no events), and
+    /// an event for one of them is late.
+    #[serde(default)]
+    pub emitted_upto: Option<i64>,
 }
 
 /// A record as the fold sees it.
@@ -376,6 +381,23 @@ impl AggState {
     pub fn watermark(&self, c: &Compiled) -> Option<i64> {
         self.max_event_time
             .map(|t| t.saturating_sub(c.def.lateness_ms as i64))
+    }
+
+    /// Where windows close: the watermark, or the output topic's progress if that is ahead.
+    pub fn horizon(&self, c: &Compiled) -> Option<i64> {
+        match (self.watermark(c), self.emitted_upto) {
+            (Some(w), Some(e)) => Some(w.max(e)),
+            (w, e) => w.or(e),
+        }
+    }
+
+    /// Records that the windows ending at or before `upto` were written to the output
+    /// topic, and closes them.
+    pub fn emitted(&mut self, c: &Compiled, upto: i64) {
+        if self.emitted_upto.is_none_or(|e| e < upto) {
+            self.emitted_upto = Some(upto);
+            self.advance(c);
+        }
     }
 
     fn skip(&mut self, reason: String) {
@@ -412,6 +434,20 @@ impl AggState {
             self.skip("value is not a JSON object".into());
             return;
         }
+        let time = match c.time_slot {
+            None => Ok(event.timestamp),
+            Some(slot) => match scratch[slot].as_ref().map(json::event_time) {
+                Some(Ok(t)) => Ok(t),
+                Some(Err(why)) => Err(format!("{why} ({})", field_of(&c.def.time))),
+                None => Err(format!("no time field ({})", field_of(&c.def.time))),
+            },
+        };
+        // Every event with a time moves event time on (the watermark), whether or not it
+        // passes the filter or has its group fields: a stream of mostly filtered-out events
+        // still closes windows.
+        if let Ok(t) = time {
+            self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
+        }
         if let Some((expr, slots)) = &c.filter {
             let fields: Vec<Option<Scalar<'_>>> =
                 slots.iter().map(|s| scratch[*s].clone()).collect();
@@ -419,13 +455,9 @@ impl AggState {
                 return;
             }
         }
-        let time = match c.time_slot {
-            None => event.timestamp,
-            Some(slot) => match scratch[slot].as_ref().map(json::event_time) {
-                Some(Ok(t)) => t,
-                Some(Err(why)) => return self.skip(format!("{why} ({})", field_of(&c.def.time))),
-                None => return self.skip(format!("no time field ({})", field_of(&c.def.time))),
-            },
+        let time = match time {
+            Ok(t) => t,
+            Err(why) => return self.skip(why),
         };
         let mut key = String::new();
         for (g, slot) in c.def.group_by.iter().zip(&c.group_slots) {
@@ -460,8 +492,7 @@ impl AggState {
                 }
             }
         }
-        self.max_event_time = Some(self.max_event_time.map_or(time, |m| m.max(time)));
-        let watermark = self.watermark(c).unwrap_or(i64::MIN);
+        let watermark = self.horizon(c).unwrap_or(i64::MIN);
         let values: Vec<Option<&Scalar<'_>>> = c
             .measure_slots
             .iter()
@@ -585,13 +616,19 @@ impl AggState {
         windows.insert(start, merged);
     }
 
-    /// Closes the windows the watermark has passed and forgets closed ones older than the
-    /// retention. Returns the keys of the windows closed now, in closing order.
+    /// Closes the windows the watermark (or the output topic's progress) has passed and
+    /// forgets closed ones older than the retention; with an output topic, only those
+    /// written to it. Returns the keys of the windows closed now, in closing order.
     pub fn advance(&mut self, c: &Compiled) -> Vec<WindowKey> {
-        let Some(watermark) = self.watermark(c) else {
+        let Some(watermark) = self.horizon(c) else {
             return Vec::new();
         };
-        let forget_before = watermark.saturating_sub(c.def.retain_ms as i64);
+        let mut forget_before = watermark.saturating_sub(c.def.retain_ms as i64);
+        if c.def.emit_to.is_some() {
+            // Nothing leaves memory before it reached the output topic.
+            let written = self.emitted_upto.map_or(i64::MIN, |e| e.saturating_add(1));
+            forget_before = forget_before.min(written);
+        }
         let mut closed: Vec<(i64, WindowKey)> = Vec::new();
         for g in self.groups.values_mut() {
             for (start, w) in g.windows.iter_mut() {

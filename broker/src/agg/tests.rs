@@ -152,13 +152,16 @@ fn brute_force(
     let mut late = 0;
     let mut session_events: BTreeMap<String, Vec<(i64, usize)>> = BTreeMap::new();
     for (i, e) in evs.iter().enumerate() {
+        // Any event with a time moves the watermark, also one filtered out or without a group.
+        if let Some(t) = e.time {
+            max_t = Some(max_t.map_or(t, |m| m.max(t)));
+        }
         if !filtered(e) {
             continue;
         }
         let (Some(t), Some(device)) = (e.time, e.device.clone()) else {
             continue;
         };
-        max_t = Some(max_t.map_or(t, |m| m.max(t)));
         let wm = max_t.unwrap() - LATENESS;
         let windows: Vec<(i64, i64)> = match d.window {
             Window::Tumbling { size_ms } => {
@@ -521,4 +524,71 @@ fn quantiles_are_nearest_rank() {
     assert!(near(q(&ten, 0.9), 9.0));
     assert!(near(q(&ten, 0.95), 10.0));
     assert!(near(q(&[42.0], 0.01), 42.0));
+}
+
+#[test]
+fn output_progress_closes_windows_and_holds_them_in_memory_until_written() {
+    let mut d = def(Window::Tumbling { size_ms: 1_000 }, None);
+    d.retain_ms = 0;
+    d.emit_to = Some("out".into());
+    const B: i64 = 1_700_000_000_000;
+    let ev = |t: i64| {
+        format!(
+            r#"{{"t": {}, "device": "d", "temperature": 1, "reading": 1}}"#,
+            B + t
+        )
+    };
+    // A partition without events: the output passing 10 s closes windows here too, and an
+    // event for a window it passed is late.
+    let mut idle = running(&d);
+    idle.control(
+        Control::Emitted {
+            id: 1,
+            upto: B + 10_000,
+        },
+        1,
+    );
+    let batch = batch_of([ev(9_500).as_str(), ev(10_200).as_str()]);
+    idle.fold_batch(&batch, None, 0);
+    let state = &idle.running[&1].state;
+    assert_eq!(state.late_events, 1);
+    assert_eq!(state.events, 1);
+    assert_eq!(state.emitted_upto, Some(B + 10_000));
+
+    // A busy partition keeps its closed windows until the output has them, however short
+    // the retention.
+    let mut busy = running(&d);
+    let times: Vec<String> = (0..20).map(|s| ev(s * 1_000 + 500)).collect();
+    busy.fold_batch(&batch_of(times.iter().map(String::as_str)), None, 0);
+    let state = &busy.running[&1].state;
+    assert_eq!(
+        state.window_count(),
+        20,
+        "nothing written yet, nothing forgotten"
+    );
+    assert_eq!(state.closed_windows, 17, "the watermark is at 17.5 s");
+    busy.control(
+        Control::Emitted {
+            id: 1,
+            upto: B + 5_000,
+        },
+        2,
+    );
+    let state = &busy.running[&1].state;
+    assert!(state.windows().all(|(_, _, w)| w.end > B + 5_000));
+    assert_eq!(state.window_count(), 15);
+    // Progress never goes back.
+    busy.control(
+        Control::Emitted {
+            id: 1,
+            upto: B + 3_000,
+        },
+        3,
+    );
+    assert_eq!(busy.running[&1].state.emitted_upto, Some(B + 5_000));
+    // Without an output topic the retention alone decides.
+    d.emit_to = None;
+    let mut plain = running(&d);
+    plain.fold_batch(&batch_of(times.iter().map(String::as_str)), None, 0);
+    assert_eq!(plain.running[&1].state.window_count(), 3);
 }

@@ -75,6 +75,28 @@ pub struct AggregationMeta {
     pub id: u64,
     /// Its definition.
     pub def: AggregationDef,
+    /// How far each output-topic partition has been written (with an output topic).
+    #[serde(default)]
+    pub emitted: BTreeMap<u32, EmitProgress>,
+}
+
+/// How far an aggregation's closed windows have been written to one output partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmitProgress {
+    /// Every window ending at or before this (ms) was written.
+    pub upto: i64,
+    /// The sequence number of the next record written there.
+    pub next_seq: i32,
+}
+
+impl AggregationMeta {
+    /// Where every one of the output topic's `partitions` partitions has been written up to.
+    pub fn emitted_everywhere(&self, partitions: usize) -> Option<i64> {
+        (0..partitions as u32)
+            .map(|p| self.emitted.get(&p).map(|e| e.upto))
+            .min()
+            .flatten()
+    }
 }
 
 impl MachineState for ClusterState {
@@ -144,6 +166,15 @@ pub enum Command {
     DropAggregation {
         /// Its name.
         name: String,
+    },
+    /// Records how far an aggregation's output partition has been written (only forward).
+    AggregationEmitted {
+        /// The aggregation's id.
+        id: u64,
+        /// The output partition.
+        partition: u32,
+        /// Where it stands now.
+        progress: EmitProgress,
     },
 }
 
@@ -252,9 +283,20 @@ impl ClusterState {
                 CommandResult::TopicCreated { id }
             }
             Command::DeleteTopic { name } => {
-                if self.topics.remove(&name).is_none() {
+                if !self.topics.contains_key(&name) {
                     return CommandResult::UnknownTopic;
                 }
+                if let Some(a) = self
+                    .aggregations
+                    .values()
+                    .find(|a| a.def.emit_to.as_ref() == Some(&name) && a.def.topic != name)
+                {
+                    return invalid(format!(
+                        "aggregation `{}` writes its windows to `{name}`; drop it first",
+                        a.def.name
+                    ));
+                }
+                self.topics.remove(&name);
                 self.aggregations.retain(|_, a| a.def.topic != name);
                 for topics in self.offsets.values_mut() {
                     topics.remove(&name);
@@ -298,13 +340,33 @@ impl ClusterState {
                 self.next_aggregation_id = self.next_aggregation_id.max(1);
                 let id = self.next_aggregation_id;
                 self.next_aggregation_id += 1;
-                self.aggregations
-                    .insert(def.name.clone(), AggregationMeta { id, def: *def });
+                self.aggregations.insert(
+                    def.name.clone(),
+                    AggregationMeta {
+                        id,
+                        def: *def,
+                        emitted: BTreeMap::new(),
+                    },
+                );
                 CommandResult::AggregationCreated { id }
             }
             Command::DropAggregation { name } => {
                 if self.aggregations.remove(&name).is_none() {
                     return CommandResult::UnknownAggregation;
+                }
+                CommandResult::Ok
+            }
+            Command::AggregationEmitted {
+                id,
+                partition,
+                progress,
+            } => {
+                let Some(a) = self.aggregations.values_mut().find(|a| a.id == id) else {
+                    return CommandResult::UnknownAggregation;
+                };
+                let stored = a.emitted.entry(partition).or_insert(progress);
+                if progress.upto > stored.upto {
+                    *stored = progress;
                 }
                 CommandResult::Ok
             }
@@ -484,6 +546,64 @@ mod tests {
         });
         let back: ClusterState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn output_progress_only_moves_forward_and_output_topics_stay_while_used() {
+        let mut s = state_with(&[1, 2, 3]);
+        for name in ["in", "out"] {
+            s.apply(Command::CreateTopic {
+                name: name.into(),
+                config: topic(2, 0),
+            });
+        }
+        let def = crate::agg::def::AggregationDef {
+            emit_to: Some("out".into()),
+            ..crate::agg::def::tests::sample("a", "in")
+        };
+        assert_eq!(
+            s.apply(Command::CreateAggregation {
+                def: Box::new(def.clone())
+            }),
+            CommandResult::AggregationCreated { id: 1 }
+        );
+        let emitted = |s: &mut ClusterState, partition, upto, next_seq| {
+            s.apply(Command::AggregationEmitted {
+                id: 1,
+                partition,
+                progress: EmitProgress { upto, next_seq },
+            })
+        };
+        assert_eq!(emitted(&mut s, 0, 5_000, 3), CommandResult::Ok);
+        assert_eq!(s.aggregations["a"].emitted_everywhere(2), None);
+        emitted(&mut s, 1, 4_000, 1);
+        emitted(&mut s, 1, 3_000, 9); // an old leader's late report
+        assert_eq!(s.aggregations["a"].emitted_everywhere(2), Some(4_000));
+        assert_eq!(s.aggregations["a"].emitted[&1].next_seq, 1);
+        assert!(matches!(
+            s.apply(Command::DeleteTopic { name: "out".into() }),
+            CommandResult::Invalid { message } if message.contains("drop it first")
+        ));
+        // Deleting the source drops the aggregation, and then the output can go.
+        assert_eq!(
+            s.apply(Command::DeleteTopic { name: "in".into() }),
+            CommandResult::Ok
+        );
+        assert_eq!(
+            s.apply(Command::DeleteTopic { name: "out".into() }),
+            CommandResult::Ok
+        );
+        assert_eq!(
+            s.apply(Command::AggregationEmitted {
+                id: 1,
+                partition: 0,
+                progress: EmitProgress {
+                    upto: 9_000,
+                    next_seq: 4
+                },
+            }),
+            CommandResult::UnknownAggregation
+        );
     }
 
     #[test]

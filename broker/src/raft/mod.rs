@@ -27,7 +27,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
-pub use controller::{AggregationMeta, ClusterState, Command, CommandResult, ControllerSm};
+pub use controller::{
+    AggregationMeta, ClusterState, Command, CommandResult, ControllerSm, EmitProgress,
+};
 pub use network::Router;
 pub use partition_sm::{PartitionSm, PartitionState, ProducerState};
 pub use store::LogStore;

@@ -188,6 +188,7 @@ impl v1::admin_server::Admin for Api {
             {
                 CommandResult::Ok => {}
                 CommandResult::UnknownTopic => return Err(Error::UnknownTopic(name)),
+                CommandResult::Invalid { message } => return Err(Error::InvalidArgument(message)),
                 other => {
                     return Err(Error::Unavailable(format!(
                         "unexpected controller answer {other:?}"

@@ -185,7 +185,7 @@ impl Api {
     }
 
     /// Partial windows and statistics of every partition, from here or from other nodes.
-    async fn gather(
+    pub(super) async fn gather(
         &self,
         meta: &AggregationMeta,
         sel: &Selection,
@@ -417,9 +417,25 @@ impl v1::aggregations_server::Aggregations for Api {
                 ..Default::default()
             };
             let (_, partitions) = self.gather(&meta, &Selection::default(), &query).await?;
+            let out_partitions = meta
+                .def
+                .emit_to
+                .as_ref()
+                .map_or(0, |t| self.node.topics.partition_count(t));
+            let output = (0..out_partitions)
+                .map(|p| {
+                    let progress = meta.emitted.get(&p);
+                    v1::OutputProgress {
+                        partition: p,
+                        upto_ms: progress.map(|e| e.upto),
+                        records: progress.map_or(0, |e| e.next_seq.max(0) as u64),
+                    }
+                })
+                .collect();
             Ok(v1::DescribeAggregationResponse {
                 spec: Some(def_to_spec(&meta.def, meta.id)),
                 partitions,
+                output,
             })
         }
         .await;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod aggregations;
+pub(crate) mod emit;
 mod fetch;
 mod groups;
 mod health;

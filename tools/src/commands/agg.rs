@@ -64,8 +64,8 @@ pub struct CreateArgs {
     /// How long closed windows stay queryable behind the watermark.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub retain: Duration,
-    /// Topic that receives every closed window as one JSON event (not supported yet: the
-    /// broker refuses it).
+    /// An existing topic that receives every closed window, merged over the partitions, as
+    /// one JSON record (exactly once; key: the group values joined with `|`).
     #[arg(long)]
     pub emit_to: Option<String>,
     /// Also fold in the records already in the log.
@@ -225,7 +225,8 @@ pub async fn run(command: AggCommand, brokers: &str, json: bool) -> anyhow::Resu
                     &json!({"spec": spec_json(&spec), "partitions": d.partitions.iter().map(|p| json!({
                     "partition": p.partition, "running": p.running, "started_at": p.started_at,
                     "watermark_ms": p.watermark_ms, "events": p.events, "late_events": p.late_events,
-                    "skipped": p.skipped, "windows": p.windows, "closed_windows": p.closed_windows})).collect::<Vec<_>>()}),
+                    "skipped": p.skipped, "windows": p.windows, "closed_windows": p.closed_windows})).collect::<Vec<_>>(),
+                    "output": d.output.iter().map(|o| json!({"partition": o.partition, "upto_ms": o.upto_ms, "records": o.records})).collect::<Vec<_>>()}),
                 );
                 return Ok(());
             }
@@ -248,7 +249,13 @@ pub async fn run(command: AggCommand, brokers: &str, json: bool) -> anyhow::Resu
                 println!("filter: {}", spec.filter);
             }
             if !spec.emit_to.is_empty() {
-                println!("emits closed windows to: {}", spec.emit_to);
+                let records: u64 = d.output.iter().map(|o| o.records).sum();
+                let upto = d.output.iter().map(|o| o.upto_ms).min().flatten();
+                println!(
+                    "emits closed windows to: {} ({records} records; every window ending by {} written)",
+                    spec.emit_to,
+                    upto.map_or("-".into(), time_text)
+                );
             }
             let rows: Vec<Vec<String>> = d
                 .partitions
