@@ -727,6 +727,12 @@ async fn t04_health_and_metrics_over_http() {
     }
     consumer.commit().await.unwrap();
 
+    // Aggregations fold just after the acknowledgement.
+    eventually(Duration::from_secs(10), "every event counted", async || {
+        let d = aggs.describe("per-second").await.ok()?;
+        (d.partitions.iter().map(|p| p.events).sum::<u64>() == 10).then_some(())
+    })
+    .await;
     let (status, body) = http_get(http, "/health").await;
     assert!(status.contains("200"), "{status}");
     assert!(body.contains("\"serving\""), "{body}");

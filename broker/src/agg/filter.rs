@@ -330,7 +330,25 @@ impl Expr {
         Ok((e, p.fields))
     }
 
-    /// Evaluates against the values of the expression's fields.
+    /// Renumbers the fields it reads (e.g. to a caller's slots of extracted values).
+    pub fn map_fields(&mut self, f: &impl Fn(usize) -> usize) {
+        match self {
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                a.map_fields(f);
+                b.map_fields(f);
+            }
+            Expr::Not(a) => a.map_fields(f),
+            Expr::Cmp(l, _, r) => {
+                for o in [l, r] {
+                    if let Operand::Field(i, _) = o {
+                        *i = f(*i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Evaluates against the values of the expression's fields (by field number).
     pub fn eval(&self, fields: &[Option<Scalar<'_>>]) -> bool {
         match self {
             Expr::And(a, b) => a.eval(fields) && b.eval(fields),

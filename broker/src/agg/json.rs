@@ -147,16 +147,30 @@ impl<'a> Parser<'a> {
         out: &mut [Option<Scalar<'a>>],
     ) -> Option<()> {
         self.ws();
-        let key = self.string()?;
+        let key = self.key()?;
         self.eat(b':')?;
         self.ws();
         // Which wanted paths go through this key: most keys match none (skipped), and
-        // a matching path usually ends here (no allocation on either path).
-        let through = |w: &usize| paths[*w].0.get(depth).is_some_and(|k| *k == *key);
+        // a matching path usually ends here (no allocation on either path). Keys are
+        // compared as bytes: a path is valid UTF-8, so a match is too.
+        let through = |w: &usize| {
+            paths[*w]
+                .0
+                .get(depth)
+                .is_some_and(|k| k.as_bytes() == &*key)
+        };
         let ends = |w: &usize| through(w) && paths[*w].0.len() == depth + 1;
         let deeper = |w: &usize| through(w) && paths[*w].0.len() > depth + 1;
-        let ends_here = wanted.iter().any(ends);
-        let goes_deeper = wanted.iter().any(deeper);
+        let (mut ends_here, mut goes_deeper) = (false, false);
+        for w in wanted {
+            if through(w) {
+                if paths[*w].0.len() == depth + 1 {
+                    ends_here = true;
+                } else {
+                    goes_deeper = true;
+                }
+            }
+        }
         if !ends_here && !goes_deeper {
             self.skip(depth)?;
             return Some(());
@@ -264,6 +278,27 @@ impl<'a> Parser<'a> {
         serde_json::from_slice::<String>(quoted)
             .ok()
             .map(Cow::Owned)
+    }
+
+    /// An object member's name as bytes: borrowed unless it holds escapes (not checked for
+    /// UTF-8: it is only compared with wanted names).
+    fn key(&mut self) -> Option<Cow<'a, [u8]>> {
+        self.ws();
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.i += 1;
+        let start = self.i;
+        let escaped = self.seek_closing_quote()?;
+        let raw = self.b.get(start..self.i)?;
+        self.i += 1;
+        if !escaped {
+            return Some(Cow::Borrowed(raw));
+        }
+        let quoted = self.b.get(start - 1..self.i)?;
+        serde_json::from_slice::<String>(quoted)
+            .ok()
+            .map(|k| Cow::Owned(k.into_bytes()))
     }
 
     /// Moves to the quote that closes the string the cursor is in; whether it held escapes.

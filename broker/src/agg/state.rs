@@ -21,7 +21,7 @@ pub struct Compiled {
     time_slot: Option<usize>,
     group_slots: Vec<Option<usize>>,
     measure_slots: Vec<Option<usize>>,
-    filter: Option<(Expr, Vec<usize>)>,
+    filter: Option<Expr>,
 }
 
 impl Compiled {
@@ -64,12 +64,14 @@ impl Compiled {
         let filter = match &def.filter {
             None => None,
             Some(f) => {
-                let (expr, fields) = Expr::parse_with_fields(f)?;
-                let slots = fields
+                let (mut expr, fields) = Expr::parse_with_fields(f)?;
+                let slots: Vec<usize> = fields
                     .iter()
                     .map(|f| slot(f))
                     .collect::<Result<_, String>>()?;
-                Some((expr, slots))
+                // The filter reads the extracted values directly.
+                expr.map_fields(&|i| slots[i]);
+                Some(expr)
             }
         };
         Ok(Compiled {
@@ -313,11 +315,11 @@ impl WindowAcc {
         }
     }
 
-    /// Adds one event's measure values.
-    fn add(&mut self, values: &[Option<&Scalar<'_>>]) {
+    /// Adds one event's measure values (from its extracted fields).
+    fn add(&mut self, c: &Compiled, fields: &[Option<Scalar<'_>>]) {
         self.events += 1;
-        for (acc, v) in self.measures.iter_mut().zip(values) {
-            acc.add(*v);
+        for (acc, slot) in self.measures.iter_mut().zip(&c.measure_slots) {
+            acc.add(slot.and_then(|s| fields[s].as_ref()));
         }
     }
 
@@ -363,6 +365,19 @@ pub struct AggState {
     /// an event for one of them is late.
     #[serde(default)]
     pub emitted_upto: Option<i64>,
+    /// Reused for each event's group key.
+    #[serde(skip)]
+    key_buf: KeyBuf,
+}
+
+/// A buffer that takes no part in the state (equal to any other).
+#[derive(Debug, Clone, Default)]
+struct KeyBuf(String);
+
+impl PartialEq for KeyBuf {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A record as the fold sees it.
@@ -448,18 +463,17 @@ impl AggState {
         if let Ok(t) = time {
             self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
         }
-        if let Some((expr, slots)) = &c.filter {
-            let fields: Vec<Option<Scalar<'_>>> =
-                slots.iter().map(|s| scratch[*s].clone()).collect();
-            if !expr.eval(&fields) {
-                return;
-            }
+        if let Some(expr) = &c.filter
+            && !expr.eval(scratch)
+        {
+            return;
         }
         let time = match time {
             Ok(t) => t,
             Err(why) => return self.skip(why),
         };
-        let mut key = String::new();
+        let mut key = std::mem::take(&mut self.key_buf.0);
+        key.clear();
         for (g, slot) in c.def.group_by.iter().zip(&c.group_slots) {
             let text: std::borrow::Cow<'_, str> = match slot {
                 None => event
@@ -475,8 +489,8 @@ impl AggState {
                 },
             };
             // Length-prefixed: no two different groups share a key.
-            use std::fmt::Write;
-            let _ = write!(key, "{}:", text.len());
+            push_decimal(&mut key, text.len());
+            key.push(':');
             key.push_str(&text);
         }
         for (m, slot) in c.def.measures.iter().zip(&c.measure_slots) {
@@ -493,11 +507,7 @@ impl AggState {
             }
         }
         let watermark = self.horizon(c).unwrap_or(i64::MIN);
-        let values: Vec<Option<&Scalar<'_>>> = c
-            .measure_slots
-            .iter()
-            .map(|s| s.and_then(|s| scratch[s].as_ref()))
-            .collect();
+        let values = scratch;
         let mut late = false;
         let mut folded = false;
         match c.def.window {
@@ -507,7 +517,7 @@ impl AggState {
                 if start.saturating_add(size) <= watermark {
                     late = true;
                 } else {
-                    self.add_to(c, &key, start, start.saturating_add(size), &values);
+                    self.add_to(c, &key, start, start.saturating_add(size), values);
                     folded = true;
                 }
             }
@@ -516,23 +526,19 @@ impl AggState {
                 advance_ms,
             } => {
                 let (size, advance) = (size_ms as i64, advance_ms as i64);
-                let last = time.div_euclid(advance) * advance;
-                let mut start = last;
-                let mut starts = Vec::new();
+                // Every window holding `time`, latest start first.
+                let mut start = time.div_euclid(advance) * advance;
                 while start > time.saturating_sub(size) {
-                    starts.push(start);
-                    match start.checked_sub(advance) {
-                        Some(s) => start = s,
-                        None => break,
-                    }
-                }
-                for start in starts.into_iter().rev() {
                     let end = start.saturating_add(size);
                     if end <= watermark {
                         late = true;
                     } else {
-                        self.add_to(c, &key, start, end, &values);
+                        self.add_to(c, &key, start, end, values);
                         folded = true;
+                    }
+                    match start.checked_sub(advance) {
+                        Some(s) => start = s,
+                        None => break,
                     }
                 }
             }
@@ -540,7 +546,7 @@ impl AggState {
                 if time < watermark {
                     late = true;
                 } else {
-                    self.add_to_session(c, &key, time, gap_ms as i64, &values);
+                    self.add_to_session(c, &key, time, gap_ms as i64, values);
                     folded = true;
                 }
             }
@@ -551,6 +557,7 @@ impl AggState {
         if folded {
             self.events += 1;
         }
+        self.key_buf.0 = key;
     }
 
     /// The windows of the group `key` (created, with its values decoded from the key, on
@@ -577,12 +584,19 @@ impl AggState {
         key: &str,
         start: i64,
         end: i64,
-        values: &[Option<&Scalar<'_>>],
+        fields: &[Option<Scalar<'_>>],
     ) {
-        self.group_mut(key)
-            .entry(start)
-            .or_insert_with(|| WindowAcc::new(c, end))
-            .add(values);
+        let add = |windows: &mut BTreeMap<i64, WindowAcc>| {
+            windows
+                .entry(start)
+                .or_insert_with(|| WindowAcc::new(c, end))
+                .add(c, fields);
+        };
+        // One lookup for a known group (the usual case).
+        if let Some(g) = self.groups.get_mut(key) {
+            return add(&mut g.windows);
+        }
+        add(self.group_mut(key));
     }
 
     /// Adds an event at `time` to its group's sessions, merging every open session it
@@ -593,7 +607,7 @@ impl AggState {
         key: &str,
         time: i64,
         gap: i64,
-        values: &[Option<&Scalar<'_>>],
+        fields: &[Option<Scalar<'_>>],
     ) {
         let windows = self.group_mut(key);
         let touching: Vec<i64> = windows
@@ -612,7 +626,7 @@ impl AggState {
             }
         }
         merged.end = end;
-        merged.add(values);
+        merged.add(c, fields);
         windows.insert(start, merged);
     }
 
@@ -659,6 +673,14 @@ impl AggState {
     pub fn window_count(&self) -> usize {
         self.groups.values().map(|g| g.windows.len()).sum()
     }
+}
+
+/// Appends `n` in decimal (without the formatting machinery: this runs for every event).
+fn push_decimal(out: &mut String, n: usize) {
+    if n >= 10 {
+        push_decimal(out, n / 10);
+    }
+    out.push(char::from(b'0' + (n % 10) as u8));
 }
 
 /// The group values of a key made by [`AggState::fold_values`] (`len:text` per part).

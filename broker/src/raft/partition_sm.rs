@@ -234,53 +234,59 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
     where
         S: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
+        let mut to_fold = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
-            // Producer state under the state lock; aggregations under their own, after it.
-            let (applied, fold) = {
+            let applied = {
                 let mut s = lock(&self.state);
                 match s.position.advance(&entry) {
-                    None => (Applied::None, None),
-                    Some(batch) if batch.is_control() => {
-                        let base_offset = batch.base_offset();
-                        match Control::from_batch(batch) {
-                            Some(control) => {
-                                let mut aggs = lock(&self.aggs);
-                                if let Some((id, from, to)) = aggs.control(control, base_offset) {
-                                    backfill(&self.log, &mut aggs, id, from, to);
-                                }
-                            }
-                            None => tracing::warn!(
-                                offset = base_offset,
-                                "unreadable control batch left out"
-                            ),
-                        }
-                        (Applied::Appended { base_offset }, None)
-                    }
+                    None => Applied::None,
                     Some(batch) => {
                         let base_offset = batch.base_offset();
-                        s.record(
-                            batch.producer_id(),
-                            batch.producer_epoch(),
-                            batch.base_sequence(),
-                            batch.record_count(),
-                            base_offset,
-                        );
-                        (Applied::Appended { base_offset }, Some(batch))
+                        if !batch.is_control() {
+                            s.record(
+                                batch.producer_id(),
+                                batch.producer_epoch(),
+                                batch.base_sequence(),
+                                batch.record_count(),
+                                base_offset,
+                            );
+                        }
+                        to_fold.push(batch.clone());
+                        Applied::Appended { base_offset }
                     }
                 }
             };
-            if let Some(batch) = fold {
-                let mut aggs = lock(&self.aggs);
-                if !aggs.is_empty() {
-                    aggs.fold_batch(batch, None, 0);
-                }
-            }
             if let Some(responder) = responder {
                 responder.send(applied);
             }
         }
         let next_offset = lock(&self.state).position.next_offset;
         self.hint.publish(next_offset);
+        // Aggregations fold after the answers and the high watermark went out, so neither a
+        // producer's acknowledgement nor a consumer waits for them; they are done before the
+        // next apply (and so before any snapshot). Under their own lock, not the state's.
+        if !to_fold.is_empty() {
+            let mut aggs = lock(&self.aggs);
+            for batch in &to_fold {
+                if !batch.is_control() {
+                    if !aggs.is_empty() {
+                        aggs.fold_batch(batch, None, 0);
+                    }
+                    continue;
+                }
+                let base_offset = batch.base_offset();
+                match Control::from_batch(batch) {
+                    Some(control) => {
+                        if let Some((id, from, to)) = aggs.control(control, base_offset) {
+                            backfill(&self.log, &mut aggs, id, from, to);
+                        }
+                    }
+                    None => {
+                        tracing::warn!(offset = base_offset, "unreadable control batch left out")
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

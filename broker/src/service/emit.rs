@@ -3,10 +3,10 @@
 //!
 //! The leader of each output partition writes that partition's share of the windows (a
 //! window's record goes to the partition its key maps to). A window is written once it is
-//! closed everywhere: its end is at or before the *horizon*, the smallest watermark among
-//! the source partitions that have seen events (a partition with no events yet does not
-//! hold the output back; once the output passes a window, an event for it is late there
-//! too). Closed windows are final, so the records are a pure function of the log: they are
+//! closed everywhere: its end is at or before the *horizon*, the smallest watermark of the
+//! source partitions (read from whichever replica this node has: a replica behind the
+//! others only lowers it). A partition without events holds the output back. Closed
+//! windows are final, so the records are a pure function of the log: they are
 //! written in a fixed order (window end, start, group), one batch per window end (split at
 //! [`BATCH_RECORDS`]), as an idempotent producer whose id is fixed by the aggregation and
 //! whose sequence numbers count the records of that partition. After a round the progress
@@ -124,14 +124,15 @@ fn output_batch(meta: &AggregationMeta, rows: &[&Row], seq: i32) -> Result<Recor
     b.finish().map_err(bad)
 }
 
-/// The windows closed in every source partition: the smallest watermark among the
-/// partitions that have seen events. None while a partition has not started the
-/// aggregation, or none has seen an event.
+/// The windows closed in every source partition: the smallest watermark. None while a
+/// partition has not started the aggregation or has seen no event: it cannot be told apart
+/// from a replica that is only behind, whose windows are not final yet.
 fn horizon(stats: &[v1::PartitionAggregationStats]) -> Option<i64> {
-    if stats.iter().any(|s| !s.running) {
-        return None;
-    }
-    stats.iter().filter_map(|s| s.watermark_ms).min()
+    stats
+        .iter()
+        .map(|s| s.watermark_ms.filter(|_| s.running))
+        .min()
+        .flatten()
 }
 
 impl Api {
