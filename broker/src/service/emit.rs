@@ -95,7 +95,7 @@ fn output_value(meta: &AggregationMeta, row: &Row) -> serde_json::Value {
         .measures
         .iter()
         .zip(row.values(def))
-        .map(|(m, v)| (m.to_string(), v.into()))
+        .map(|(m, v)| (m.to_string(), json_number(v)))
         .collect();
     serde_json::json!({
         "aggregation": def.name,
@@ -105,6 +105,14 @@ fn output_value(meta: &AggregationMeta, row: &Row) -> serde_json::Value {
         "events": row.window.events,
         "measures": measures,
     })
+}
+
+/// A measure's value as JSON: whole numbers (counts) without a fraction, none as null.
+fn json_number(v: Option<f64>) -> serde_json::Value {
+    match v {
+        Some(n) if n.fract() == 0.0 && n.abs() < 1e15 => (n as i64).into(),
+        other => other.into(),
+    }
 }
 
 /// One batch of output records from `seq` on.
