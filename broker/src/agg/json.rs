@@ -261,27 +261,15 @@ impl<'a> Parser<'a> {
 
     /// A string at `self.i` (after whitespace), unescaped only when it holds escapes.
     fn string(&mut self) -> Option<Cow<'a, str>> {
-        self.ws();
-        if self.peek() != Some(b'"') {
-            return None;
+        match self.key()? {
+            Cow::Borrowed(raw) => std::str::from_utf8(raw).ok().map(Cow::Borrowed),
+            // Unescaped by serde_json into a String: valid UTF-8.
+            Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
         }
-        self.i += 1;
-        let start = self.i;
-        let escaped = self.seek_closing_quote()?;
-        let raw = self.b.get(start..self.i)?;
-        self.i += 1;
-        if !escaped {
-            return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
-        }
-        // Rare: let serde_json do the unescaping (including surrogate pairs).
-        let quoted = self.b.get(start - 1..self.i)?;
-        serde_json::from_slice::<String>(quoted)
-            .ok()
-            .map(Cow::Owned)
     }
 
-    /// An object member's name as bytes: borrowed unless it holds escapes (not checked for
-    /// UTF-8: it is only compared with wanted names).
+    /// A string's bytes (an object member's name): borrowed, not checked for UTF-8 (a name is
+    /// only compared with wanted names), unless it holds escapes.
     fn key(&mut self) -> Option<Cow<'a, [u8]>> {
         self.ws();
         if self.peek() != Some(b'"') {
@@ -295,6 +283,7 @@ impl<'a> Parser<'a> {
         if !escaped {
             return Some(Cow::Borrowed(raw));
         }
+        // Rare: let serde_json do the unescaping (including surrogate pairs).
         let quoted = self.b.get(start - 1..self.i)?;
         serde_json::from_slice::<String>(quoted)
             .ok()
