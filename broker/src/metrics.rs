@@ -205,11 +205,8 @@ impl Metrics {
                         agg_windows
                             .get_or_create(&label)
                             .set(s.window_count() as i64);
-                        if let Some(t) = s.max_event_time {
-                            let lateness = running.def.lateness_ms as i64;
-                            agg_watermark
-                                .get_or_create(&label)
-                                .set(t.saturating_sub(lateness));
+                        if let Some(w) = s.watermark(running.def.lateness_ms) {
+                            agg_watermark.get_or_create(&label).set(w);
                         }
                     }
                 });

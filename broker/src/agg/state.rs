@@ -332,9 +332,6 @@ impl WindowAcc {
     }
 }
 
-/// Key of a window: group values, then start.
-pub type WindowKey = (Vec<String>, i64);
-
 /// One group's windows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GroupWindows {
@@ -393,14 +390,14 @@ pub struct Event<'a> {
 
 impl AggState {
     /// The watermark: largest event time minus the allowed lateness.
-    pub fn watermark(&self, c: &Compiled) -> Option<i64> {
+    pub fn watermark(&self, lateness_ms: u64) -> Option<i64> {
         self.max_event_time
-            .map(|t| t.saturating_sub(c.def.lateness_ms as i64))
+            .map(|t| t.saturating_sub(lateness_ms as i64))
     }
 
     /// Where windows close: the watermark, or the output topic's progress if that is ahead.
     pub fn horizon(&self, c: &Compiled) -> Option<i64> {
-        match (self.watermark(c), self.emitted_upto) {
+        match (self.watermark(c.def.lateness_ms), self.emitted_upto) {
             (Some(w), Some(e)) => Some(w.max(e)),
             (w, e) => w.or(e),
         }
@@ -632,10 +629,10 @@ impl AggState {
 
     /// Closes the windows the watermark (or the output topic's progress) has passed and
     /// forgets closed ones older than the retention; with an output topic, only those
-    /// written to it. Returns the keys of the windows closed now, in closing order.
-    pub fn advance(&mut self, c: &Compiled) -> Vec<WindowKey> {
+    /// written to it.
+    pub fn advance(&mut self, c: &Compiled) {
         let Some(watermark) = self.horizon(c) else {
-            return Vec::new();
+            return;
         };
         let mut forget_before = watermark.saturating_sub(c.def.retain_ms as i64);
         if c.def.emit_to.is_some() {
@@ -643,21 +640,17 @@ impl AggState {
             let written = self.emitted_upto.map_or(i64::MIN, |e| e.saturating_add(1));
             forget_before = forget_before.min(written);
         }
-        let mut closed: Vec<(i64, WindowKey)> = Vec::new();
         for g in self.groups.values_mut() {
-            for (start, w) in g.windows.iter_mut() {
+            for w in g.windows.values_mut() {
                 if !w.closed && w.end <= watermark {
                     w.closed = true;
-                    closed.push((w.end, (g.group.clone(), *start)));
+                    self.closed_windows += 1;
                 }
             }
             g.windows
                 .retain(|_, w| !(w.closed && w.end < forget_before));
         }
         self.groups.retain(|_, g| !g.windows.is_empty());
-        closed.sort();
-        self.closed_windows += closed.len() as u64;
-        closed.into_iter().map(|(_, k)| k).collect()
     }
 
     /// Every window: (group values, start, window).

@@ -104,9 +104,7 @@ fn stats(
             partition,
             running: true,
             started_at,
-            watermark_ms: s
-                .max_event_time
-                .map(|t| t.saturating_sub(def.lateness_ms as i64)),
+            watermark_ms: s.watermark(def.lateness_ms),
             events: s.events,
             late_events: s.late_events,
             skipped: s.skipped.iter().map(|(k, v)| (k.clone(), *v)).collect(),

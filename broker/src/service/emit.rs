@@ -72,9 +72,16 @@ pub(crate) async fn emit_aggregations(node: Arc<Node>) {
     }
 }
 
+/// A closed window ready to be written, with its record key and output partition.
+struct Ready<'r> {
+    row: &'r Row,
+    key: String,
+    partition: u32,
+}
+
 /// The output record's key: the group values joined with `|` (the aggregation's name when
 /// it has no group-by).
-pub fn output_key(meta: &AggregationMeta, row: &Row) -> String {
+fn output_key(meta: &AggregationMeta, row: &Row) -> String {
     if row.group.is_empty() {
         meta.def.name.clone()
     } else {
@@ -116,16 +123,19 @@ fn json_number(v: Option<f64>) -> serde_json::Value {
 }
 
 /// One batch of output records from `seq` on.
-fn output_batch(meta: &AggregationMeta, rows: &[&Row], seq: i32) -> Result<RecordBatch, Error> {
+fn output_batch(
+    meta: &AggregationMeta,
+    windows: &[&Ready<'_>],
+    seq: i32,
+) -> Result<RecordBatch, Error> {
     let bad = |e: strata_storage::Error| Error::Unavailable(format!("output batch: {e}"));
     let mut b = BatchBuilder::new().producer(EMIT_PRODUCER_BASE + meta.id as i64, 0, seq);
-    for row in rows {
-        let key = output_key(meta, row);
-        let value = serde_json::to_vec(&output_value(meta, row))
+    for w in windows {
+        let value = serde_json::to_vec(&output_value(meta, w.row))
             .map_err(|e| Error::Unavailable(format!("output record: {e}")))?;
         b.push(NewRecord {
-            key: Some(key.as_bytes()),
-            ..NewRecord::value(row.window.end, &value)
+            key: Some(w.key.as_bytes()),
+            ..NewRecord::value(w.row.window.end, &value)
         })
         .map_err(bad)?;
     }
@@ -178,15 +188,26 @@ impl Api {
             .filter(|r| !r.window.closed)
             .map(|r| r.window.end.saturating_sub(1))
             .fold(horizon, i64::min);
-        let mut ready: Vec<&Row> = rows.iter().filter(|r| r.window.end <= horizon).collect();
+        let mut ready: Vec<Ready<'_>> = rows
+            .iter()
+            .filter(|r| r.window.end <= horizon)
+            .map(|row| {
+                let key = output_key(meta, row);
+                let partition = partitioner::partition_for_key(key.as_bytes(), partitions);
+                Ready {
+                    row,
+                    key,
+                    partition,
+                }
+            })
+            .collect();
         ready.sort_by(|a, b| {
+            let (a, b) = (a.row, b.row);
             (a.window.end, a.start, &a.group).cmp(&(b.window.end, b.start, &b.group))
         });
         let mut first_error = None;
         for p in led {
-            let done = self
-                .emit_to(meta, p, partitions, progress(p.id()), &ready)
-                .await;
+            let done = self.emit_to(meta, p, progress(p.id()), &ready).await;
             if let Err(e) = done {
                 first_error.get_or_insert(e);
             }
@@ -194,32 +215,20 @@ impl Api {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Writes the windows of `ready` after `progress` that belong to output partition `p`,
-    /// then commits the progress.
+    /// Writes the windows of `ready` (ordered by end) after `progress` that belong to output
+    /// partition `p`, then commits the progress.
     async fn emit_to(
         &self,
         meta: &AggregationMeta,
         p: &Partition,
-        partitions: u32,
         mut progress: EmitProgress,
-        ready: &[&Row],
+        ready: &[Ready<'_>],
     ) -> Result<(), Error> {
         let start = progress;
         let mut written = 0;
-        let pending = ready
-            .iter()
-            .copied()
-            .filter(|r| r.window.end > progress.upto);
-        let pending: Vec<&Row> = pending.collect();
-        for same_end in pending.chunk_by(|a, b| a.window.end == b.window.end) {
-            let mine: Vec<&Row> = same_end
-                .iter()
-                .copied()
-                .filter(|r| {
-                    partitioner::partition_for_key(output_key(meta, r).as_bytes(), partitions)
-                        == p.id()
-                })
-                .collect();
+        let pending = &ready[ready.partition_point(|r| r.row.window.end <= progress.upto)..];
+        for same_end in pending.chunk_by(|a, b| a.row.window.end == b.row.window.end) {
+            let mine: Vec<&Ready<'_>> = same_end.iter().filter(|r| r.partition == p.id()).collect();
             if written > 0 && written + mine.len() > ROUND_RECORDS {
                 break;
             }
@@ -227,7 +236,7 @@ impl Api {
                 progress.next_seq = write_batch(meta, p, rows, progress.next_seq).await?;
             }
             written += mine.len();
-            progress.upto = same_end[0].window.end;
+            progress.upto = same_end[0].row.window.end;
         }
         if progress == start {
             return Ok(());
@@ -246,7 +255,7 @@ impl Api {
 async fn write_batch(
     meta: &AggregationMeta,
     p: &Partition,
-    mut rows: &[&Row],
+    mut rows: &[&Ready<'_>],
     mut seq: i32,
 ) -> Result<i32, Error> {
     let mut realigned = false;
