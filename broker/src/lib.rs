@@ -42,6 +42,7 @@ mod node;
 pub mod partition;
 pub mod process;
 pub mod raft;
+pub mod search;
 mod server;
 mod service;
 mod sync;

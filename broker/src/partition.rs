@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::raft::partition_sm::{SeqCheck, check_against, last_seq, next_seq};
 use crate::raft::service::PartitionRaft;
 use crate::raft::{Applied, Batch, ClusterState, GroupId, PartitionState, applied_own_term};
+use crate::search::PartitionIndex;
 use crate::sync::lock;
 
 /// When a produce is answered.
@@ -74,6 +75,7 @@ pub struct Partition {
     /// request that proposed it gave up waiting: a retry must find it, not propose it again.
     pending: Arc<Mutex<HashMap<i64, Vec<Pending>>>>,
     cluster: watch::Receiver<Arc<ClusterState>>,
+    search: Option<Arc<PartitionIndex>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -117,6 +119,7 @@ pub(crate) struct PartitionParts {
     pub aggs: Arc<Mutex<PartitionAggs>>,
     pub high_watermark: Arc<watch::Sender<u64>>,
     pub cluster: watch::Receiver<Arc<ClusterState>>,
+    pub search: Option<Arc<PartitionIndex>>,
 }
 
 /// What to answer for one batch of an append.
@@ -141,7 +144,13 @@ impl Partition {
             high_watermark: parts.high_watermark,
             pending: Arc::new(Mutex::new(HashMap::new())),
             cluster: parts.cluster,
+            search: parts.search,
         }
+    }
+
+    /// Its search index, unless its topic is not indexed.
+    pub fn search(&self) -> Option<&Arc<PartitionIndex>> {
+        self.search.as_ref()
     }
 
     /// The topic.
@@ -568,6 +577,9 @@ impl Partition {
 
     /// Stops the Raft group, then flushes and closes the log; later appends fail.
     pub async fn close(&self) -> Result<()> {
+        if let Some(search) = &self.search {
+            search.stop().await;
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "raft group did not stop cleanly");
         }

@@ -23,6 +23,7 @@ use crate::raft::controller::TopicMeta;
 use crate::raft::service::GroupRaft;
 use crate::raft::store::SnapshotHint;
 use crate::raft::{ClusterState, LogStore, PartitionSm, RaftEnv, TypeConfig, partition_group};
+use crate::search::PartitionIndex;
 
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
@@ -38,6 +39,28 @@ pub struct TopicConfig {
     pub retention_ms: Option<u64>,
     /// Delete a partition's oldest segments beyond this size.
     pub retention_bytes: Option<u64>,
+    /// Whether and what to index for search.
+    #[serde(default)]
+    pub search: SearchSettings,
+}
+
+/// A topic's search settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchSettings {
+    /// Whether its events are indexed (the default).
+    pub enabled: bool,
+    /// JSON paths of the value to index; empty: all of them.
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        SearchSettings {
+            enabled: true,
+            fields: Vec::new(),
+        }
+    }
 }
 
 impl TopicConfig {
@@ -49,6 +72,10 @@ impl TopicConfig {
             replication_factor: c.replication_factor,
             retention_ms: (c.retention_ms > 0).then_some(c.retention_ms),
             retention_bytes: (c.retention_bytes > 0).then_some(c.retention_bytes),
+            search: SearchSettings {
+                enabled: !c.search_disabled,
+                fields: c.search_fields.clone(),
+            },
         }
     }
 
@@ -59,6 +86,8 @@ impl TopicConfig {
             replication_factor: self.replication_factor,
             retention_ms: self.retention_ms.unwrap_or(0),
             retention_bytes: self.retention_bytes.unwrap_or(0),
+            search_disabled: !self.search.enabled,
+            search_fields: self.search.fields.clone(),
         }
     }
 
@@ -267,9 +296,12 @@ impl Topics {
                     meta.id,
                     p,
                     replicas,
+                    &meta.config.search,
                 )
                 .await?;
-            partitions.push(Arc::new(partition));
+            let partition = Arc::new(partition);
+            crate::search::index::start(&partition);
+            partitions.push(partition);
         }
         Ok(Topic {
             name: name.to_string(),
@@ -288,6 +320,7 @@ impl Topics {
         topic_id: u32,
         id: u32,
         replicas: &[u64],
+        search: &SearchSettings,
     ) -> Result<Partition> {
         let group = partition_group(topic_id, id);
         let storage = |e| Error::from_storage(&topic, id, e);
@@ -332,6 +365,9 @@ impl Topics {
             aggs,
             high_watermark,
             cluster: self.cluster.clone(),
+            search: search
+                .enabled
+                .then(|| Arc::new(PartitionIndex::new(dir, &search.fields))),
         }))
     }
 

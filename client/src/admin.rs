@@ -7,7 +7,7 @@ use crate::client::Client;
 use crate::error::{Result, from_status};
 
 /// Settings of a new topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TopicSpec {
     /// Partitions (at least 1).
     pub partitions: u32,
@@ -17,6 +17,10 @@ pub struct TopicSpec {
     pub retention_ms: Option<u64>,
     /// Delete a partition's oldest segments beyond this size; `None` for no limit.
     pub retention_bytes: Option<u64>,
+    /// Leave its events out of search (they are indexed by default).
+    pub search_disabled: bool,
+    /// Index only these JSON paths of the values for search; empty indexes every field.
+    pub search_fields: Vec<String>,
 }
 
 impl TopicSpec {
@@ -28,12 +32,14 @@ impl TopicSpec {
         }
     }
 
-    fn to_proto(self) -> v1::TopicConfig {
+    fn into_proto(self) -> v1::TopicConfig {
         v1::TopicConfig {
             partitions: self.partitions,
             replication_factor: self.replication_factor,
             retention_ms: self.retention_ms.unwrap_or(0),
             retention_bytes: self.retention_bytes.unwrap_or(0),
+            search_disabled: self.search_disabled,
+            search_fields: self.search_fields,
         }
     }
 }
@@ -132,6 +138,8 @@ fn spec_of(config: Option<v1::TopicConfig>) -> TopicSpec {
         replication_factor: c.replication_factor,
         retention_ms: (c.retention_ms > 0).then_some(c.retention_ms),
         retention_bytes: (c.retention_bytes > 0).then_some(c.retention_bytes),
+        search_disabled: c.search_disabled,
+        search_fields: c.search_fields,
     }
 }
 
@@ -284,7 +292,7 @@ impl Admin {
             .admin()?
             .create_topic(v1::CreateTopicRequest {
                 name: name.to_string(),
-                config: Some(spec.to_proto()),
+                config: Some(spec.into_proto()),
             })
             .await
             .map_err(from_status)?;

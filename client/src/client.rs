@@ -132,6 +132,11 @@ impl Client {
         crate::Aggregations::new(self.clone())
     }
 
+    /// The search API.
+    pub fn search(&self) -> crate::Search {
+        crate::Search::new(self.clone())
+    }
+
     /// A channel to `address` (connected lazily, then kept).
     pub(crate) fn channel(&self, address: &str) -> Result<Channel> {
         let mut channels = self

@@ -30,6 +30,7 @@
 //! - [`Consumer`] (`consumer`): consumer groups or manual assignment, start positions,
 //!   auto or manual commits, an async `Stream` of [`ConsumerRecord`]s.
 //! - [`Admin`] (`admin`): topics and groups.
+//! - [`Search`] (`search`): queries over the indexed events, hits, counts and histograms.
 //! - [`Error`] (`error`): typed errors; broker errors carry the wire [`ErrorCode`].
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ mod error;
 pub use strata_storage::partitioner;
 mod producer;
 mod record;
+mod search;
 
 pub use admin::{
     Admin, GroupDescription, GroupSummary, MemberInfo, NodeStatus, PartitionDescription,
@@ -55,4 +57,5 @@ pub use consumer::{Consumer, ConsumerBuilder, StartAt};
 pub use error::{BrokerError, Error, Result};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerBuilder};
 pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata};
+pub use search::{HistogramBucket, Search, SearchHit, SearchOrder, SearchQuery, SearchResult};
 pub use strata_proto::v1::ErrorCode;

@@ -448,8 +448,14 @@ async fn t11_restart_keeps_topics_and_data() {
         replication_factor: 1,
         retention_ms: Some(86_400_000),
         retention_bytes: Some(1 << 30),
+        search_disabled: false,
+        search_fields: vec!["level".into(), "http.status".into()],
     };
-    client.admin().create_topic("kept", spec).await.unwrap();
+    client
+        .admin()
+        .create_topic("kept", spec.clone())
+        .await
+        .unwrap();
     let producer = client.producer().build();
     produce_to_each(&producer, "kept", 3, 50, "x").await;
     broker.restart().await;

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`Cli`]: the command line (clap), with `--brokers` (env `STRATA_BROKERS`) and `--json`.
-//! - `commands`: `dev`, `topic`, `produce`, `consume`, `group`, `agg`, `bench`.
+//! - `commands`: `dev`, `topic`, `produce`, `consume`, `group`, `agg`, `search`, `bench`.
 //! - `demo`: the IoT event generator of `strata dev --demo`.
 //! - `output`: tables and JSON; `units`: sizes and durations.
 
@@ -74,6 +74,8 @@ pub enum Command {
     /// Windowed aggregations: create, list, describe, drop, query, watch.
     #[command(subcommand)]
     Agg(commands::agg::AggCommand),
+    /// Search events: hits, counts, histograms over time, or new matches as they arrive.
+    Search(commands::search::Args),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -89,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => commands::consume::run(args, &cli.brokers, cli.json).await,
         Command::Group(cmd) => commands::group::run(cmd, &cli.brokers, cli.json).await,
         Command::Agg(cmd) => commands::agg::run(cmd, &cli.brokers, cli.json).await,
+        Command::Search(args) => commands::search::run(args, &cli.brokers, cli.json).await,
         Command::Bench(cmd) => commands::bench::run(cmd, &cli.brokers, cli.json).await,
     }
 }

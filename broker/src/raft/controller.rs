@@ -485,6 +485,7 @@ mod tests {
             replication_factor: rf,
             retention_ms: None,
             retention_bytes: None,
+            search: Default::default(),
         }
     }
 

@@ -128,6 +128,8 @@ impl v1::admin_server::Admin for Api {
             let config = TopicConfig::from_proto(&request.config.unwrap_or_default());
             let name = request.name;
             names::validate(&name)?;
+            crate::search::validate_fields(&config.search.fields)
+                .map_err(Error::InvalidArgument)?;
             if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
                 return Err(Error::InvalidArgument(format!(
                     "partitions must be between 1 and {MAX_PARTITIONS}"

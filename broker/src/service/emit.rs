@@ -362,6 +362,7 @@ mod tests {
                 replication_factor: 0,
                 retention_ms: None,
                 retention_bytes: None,
+                search: Default::default(),
             };
             let command = Command::CreateTopic {
                 name: name.into(),

@@ -1,5 +1,5 @@
 //! The gRPC services of a node (`strata.v1`): Produce, Fetch, Metadata, Admin, Groups,
-//! Aggregations and Health, all implemented by [`Api`] over the shared [`Node`].
+//! Aggregations, Search and Health, all implemented by [`Api`] over the shared [`Node`].
 
 mod admin;
 mod aggregations;
@@ -8,6 +8,7 @@ mod fetch;
 mod groups;
 mod health;
 mod produce;
+mod search;
 pub(crate) mod status;
 
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub(crate) fn routes(node: &Arc<Node>) -> tonic::service::Routes {
     .add_service(v1::metadata_server::MetadataServer::new(api.clone()))
     .add_service(v1::admin_server::AdminServer::new(api.clone()))
     .add_service(v1::groups_server::GroupsServer::new(api.clone()))
+    .add_service(v1::search_server::SearchServer::new(api.clone()))
     .add_service(v1::aggregations_server::AggregationsServer::new(
         api.clone(),
     ))

@@ -7,6 +7,7 @@ pub mod consume;
 pub mod dev;
 pub mod group;
 pub mod produce;
+pub mod search;
 pub mod topic;
 
 /// Connects to the brokers, with the address in the error.

@@ -27,6 +27,13 @@ pub enum TopicCommand {
         /// Keep at most this much data per partition (e.g. 10GiB).
         #[arg(long, value_parser = parse_size)]
         retention_bytes: Option<u64>,
+        /// Do not index its events for search.
+        #[arg(long)]
+        no_search: bool,
+        /// Index only these JSON fields for search (comma-separated paths, e.g.
+        /// level,http.status); default: every field.
+        #[arg(long, value_delimiter = ',')]
+        search_fields: Vec<String>,
     },
     /// List topics.
     List,
@@ -49,6 +56,8 @@ fn topic_json(t: &TopicDescription) -> serde_json::Value {
         "replication_factor": t.spec.replication_factor,
         "retention_ms": t.spec.retention_ms,
         "retention_bytes": t.spec.retention_bytes,
+        "search": !t.spec.search_disabled,
+        "search_fields": t.spec.search_fields,
     })
 }
 
@@ -62,12 +71,16 @@ pub async fn run(command: TopicCommand, brokers: &str, json: bool) -> anyhow::Re
             replication,
             retention,
             retention_bytes,
+            no_search,
+            search_fields,
         } => {
             let spec = TopicSpec {
                 partitions,
                 replication_factor: replication.unwrap_or(0),
                 retention_ms: retention.map(|d| d.as_millis() as u64),
                 retention_bytes,
+                search_disabled: no_search,
+                search_fields,
             };
             let topic = admin.create_topic(&name, spec).await?;
             if json {
@@ -118,7 +131,7 @@ pub async fn run(command: TopicCommand, brokers: &str, json: bool) -> anyhow::Re
                 output::json(&value);
             } else {
                 println!(
-                    "topic {}: {} partitions, replication {}, retention {}, retention bytes {}",
+                    "topic {}: {} partitions, replication {}, retention {}, retention bytes {}, search {}",
                     topic.name,
                     topic.spec.partitions,
                     topic.spec.replication_factor,
@@ -129,6 +142,13 @@ pub async fn run(command: TopicCommand, brokers: &str, json: bool) -> anyhow::Re
                         .spec
                         .retention_bytes
                         .map_or("unlimited".into(), |b| human_bytes(b as f64)),
+                    if topic.spec.search_disabled {
+                        "off".to_string()
+                    } else if topic.spec.search_fields.is_empty() {
+                        "on (every field)".to_string()
+                    } else {
+                        format!("on ({})", topic.spec.search_fields.join(", "))
+                    },
                 );
                 let rows: Vec<Vec<String>> = topic
                     .partitions

@@ -1,0 +1,453 @@
+//! A partition replica's index and the task that feeds it from the committed log.
+//!
+//! The index lives in `<partition dir>/search/`. The task reads committed batches from where
+//! the last commit stopped, turns records into documents and commits on a timer or once
+//! enough documents are pending; each commit's payload is the offset up to which the log is
+//! indexed, so after a crash indexing resumes exactly there (documents added after the last
+//! commit were never visible and are added again). An index that is missing, cannot be
+//! opened, has another schema or no readable payload is deleted and rebuilt from the log by
+//! the same task, so produce never waits for it. Records that retention deletes from the log
+//! are deleted from the index at the next commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use strata_storage::RecordBatch;
+use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
+use tantivy::query::RangeQuery;
+use tantivy::schema::Term;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
+use tokio::sync::watch;
+
+use super::schema::{Projection, SCHEMA, document};
+use crate::partition::Partition;
+use crate::sync::lock;
+
+/// Where a partition keeps its index, inside its log directory.
+pub(crate) const INDEX_DIR: &str = "search";
+
+/// Most bytes of batches read from the log per step.
+const READ_BYTES: usize = 1 << 20;
+/// How long documents may wait for a commit on a leader (queries go to leaders).
+const LEADER_COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// The same on a follower, which only needs to keep up for a fail-over.
+const FOLLOWER_COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// Commit at once when this many documents are pending.
+const COMMIT_DOCS: usize = 50_000;
+/// Above this many segments, commits are spaced out so merges catch up.
+const MAX_SEGMENTS: usize = 24;
+/// How often an idle indexer looks for records that retention deleted.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// Pause after an error before reopening the index.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What a query searches: a point-in-time view of the committed index.
+pub(crate) struct IndexSnapshot {
+    /// Searches the committed documents.
+    pub searcher: Searcher,
+    /// Every committed record below this offset is indexed (records from here on are not).
+    pub upto: u64,
+}
+
+/// Counters of an index, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct IndexCounters {
+    /// Documents added.
+    pub documents: AtomicU64,
+    /// Bytes of record values indexed.
+    pub bytes: AtomicU64,
+    /// Commits made.
+    pub commits: AtomicU64,
+    /// Times the index was rebuilt from the log.
+    pub rebuilds: AtomicU64,
+}
+
+/// The search side of a partition replica: its latest committed view and its indexing task.
+pub struct PartitionIndex {
+    dir: PathBuf,
+    projection: Projection,
+    snapshot: Mutex<Option<Arc<IndexSnapshot>>>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Its counters.
+    pub counters: IndexCounters,
+}
+
+impl std::fmt::Debug for PartitionIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionIndex")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The commit payload.
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    /// Offset after the last record indexed.
+    upto: u64,
+    /// Records below this offset were deleted (retention).
+    #[serde(default)]
+    deleted_below: u64,
+}
+
+impl PartitionIndex {
+    /// The index of the partition whose log is in `log_dir`, indexing the listed paths (all
+    /// when empty). Nothing runs until [`start`] is called.
+    pub(crate) fn new(log_dir: &Path, fields: &[String]) -> Self {
+        let (stop, _) = watch::channel(false);
+        PartitionIndex {
+            dir: log_dir.join(INDEX_DIR),
+            projection: Projection::new(fields),
+            snapshot: Mutex::new(None),
+            stop,
+            task: Mutex::new(None),
+            counters: IndexCounters::default(),
+        }
+    }
+
+    /// The latest committed view, once the index is open.
+    pub(crate) fn snapshot(&self) -> Option<Arc<IndexSnapshot>> {
+        lock(&self.snapshot).clone()
+    }
+
+    /// Offset up to which the partition is indexed (0 before the index is open).
+    pub fn indexed_upto(&self) -> u64 {
+        self.snapshot().map_or(0, |s| s.upto)
+    }
+
+    /// Stops the indexing task after it commits what it has; waits for it.
+    pub(crate) async fn stop(&self) {
+        self.stop.send_replace(true);
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts indexing `partition` in the background.
+pub(crate) fn start(partition: &Arc<Partition>) {
+    let Some(index) = partition.search() else {
+        return;
+    };
+    let task = tokio::spawn(run(partition.clone(), index.clone()));
+    *lock(&index.task) = Some(task);
+}
+
+/// The writing side, owned by the task (moved into blocking sections and back).
+struct Writer {
+    index: Index,
+    writer: IndexWriter,
+    reader: IndexReader,
+    /// Offset of the next record to index.
+    next: u64,
+    deleted_below: u64,
+    pending: usize,
+    first_pending: Option<Instant>,
+    deletes_pending: bool,
+}
+
+impl Writer {
+    /// Opens the index in `dir`, or rebuilds it when it is missing or unusable.
+    fn open(dir: &Path, counters: &IndexCounters) -> tantivy::Result<Writer> {
+        match Self::open_existing(dir) {
+            Ok(Some(w)) => return Ok(w),
+            Ok(None) => {}
+            Err(reason) => {
+                tracing::warn!(dir = %dir.display(), %reason, "search index unusable; rebuilding it from the log");
+                counters.rebuilds.fetch_add(1, Ordering::Relaxed);
+                std::fs::remove_dir_all(dir)?;
+            }
+        }
+        std::fs::create_dir_all(dir)?;
+        let index = Index::create_in_dir(dir, SCHEMA.0.clone())?;
+        Self::with_index(
+            index,
+            Payload {
+                upto: 0,
+                deleted_below: 0,
+            },
+        )
+    }
+
+    /// `Ok(None)`: there is no index yet.
+    fn open_existing(dir: &Path) -> std::result::Result<Option<Writer>, String> {
+        if !dir.join("meta.json").exists() {
+            if dir.exists() {
+                return Err("no meta.json".into());
+            }
+            return Ok(None);
+        }
+        let index = Index::open_in_dir(dir).map_err(|e| e.to_string())?;
+        if index.schema() != SCHEMA.0 {
+            return Err("schema differs".into());
+        }
+        let metas = index.load_metas().map_err(|e| e.to_string())?;
+        let payload = match metas.payload {
+            Some(p) => serde_json::from_str::<Payload>(&p).map_err(|e| e.to_string())?,
+            None if metas.segments.is_empty() => Payload {
+                upto: 0,
+                deleted_below: 0,
+            },
+            None => return Err("documents without a payload".into()),
+        };
+        let w = Self::with_index(index, payload).map_err(|e| e.to_string())?;
+        // Opening every segment reader reads their footers and term dictionaries' headers.
+        let searcher = w.reader.searcher();
+        for segment in searcher.segment_readers() {
+            segment
+                .fast_fields()
+                .u64("offset")
+                .map_err(|e| format!("segment {:?}: {e}", segment.segment_id()))?;
+        }
+        Ok(Some(w))
+    }
+
+    fn with_index(index: Index, payload: Payload) -> tantivy::Result<Writer> {
+        let options = IndexWriterOptions::builder()
+            .num_worker_threads(1)
+            .num_merge_threads(1)
+            .build();
+        let writer: IndexWriter = index.writer_with_options(options)?;
+        let mut policy = LogMergePolicy::default();
+        policy.set_min_num_segments(4);
+        policy.set_del_docs_ratio_before_merge(0.3);
+        writer.set_merge_policy(Box::new(policy));
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Writer {
+            index,
+            writer,
+            reader,
+            next: payload.upto,
+            deleted_below: payload.deleted_below,
+            pending: 0,
+            first_pending: None,
+            deletes_pending: false,
+        })
+    }
+
+    fn snapshot(&self) -> Arc<IndexSnapshot> {
+        Arc::new(IndexSnapshot {
+            searcher: self.reader.searcher(),
+            upto: self.next,
+        })
+    }
+
+    /// Adds the records of `batches` from `self.next` on; `end` is where the read stopped.
+    fn add(
+        &mut self,
+        batches: &[bytes::Bytes],
+        end: u64,
+        partition: u32,
+        projection: &Projection,
+        counters: &IndexCounters,
+    ) -> tantivy::Result<()> {
+        let mut bytes = 0u64;
+        let mut docs = 0u64;
+        for raw in batches {
+            let batch = match RecordBatch::from_bytes(raw.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    // The log verified it; this would be a bug, not bad input.
+                    tracing::error!(error = %e, "unreadable batch skipped by the indexer");
+                    continue;
+                }
+            };
+            if batch.is_control() {
+                continue;
+            }
+            for record in batch.records() {
+                if record.offset < self.next {
+                    continue;
+                }
+                self.writer
+                    .add_document(document(partition, &record, projection))?;
+                bytes += record.value.map_or(0, |v| v.len() as u64);
+                docs += 1;
+            }
+        }
+        self.next = self.next.max(end);
+        if docs > 0 {
+            self.pending += docs as usize;
+            self.first_pending.get_or_insert_with(Instant::now);
+            counters.documents.fetch_add(docs, Ordering::Relaxed);
+            counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Deletes the documents of records below `start` (removed by retention).
+    fn delete_below(&mut self, start: u64) -> tantivy::Result<()> {
+        if start <= self.deleted_below {
+            return Ok(());
+        }
+        let f = &SCHEMA.1;
+        self.writer.delete_query(Box::new(RangeQuery::new(
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Excluded(Term::from_field_u64(f.offset, start)),
+        )))?;
+        self.deleted_below = start;
+        self.deletes_pending = true;
+        Ok(())
+    }
+
+    fn due(&self, leader: bool) -> bool {
+        if self.deletes_pending {
+            return true;
+        }
+        let Some(first) = self.first_pending else {
+            return false;
+        };
+        if self.pending >= COMMIT_DOCS {
+            return true;
+        }
+        let mut every = if leader {
+            LEADER_COMMIT_EVERY
+        } else {
+            FOLLOWER_COMMIT_EVERY
+        };
+        // Back-pressure on segments: while merges lag, commit less often (bigger segments).
+        let segments = self.reader.searcher().segment_readers().len();
+        if segments > MAX_SEGMENTS {
+            every *= (segments / MAX_SEGMENTS + 1) as u32 * 2;
+        }
+        first.elapsed() >= every
+    }
+
+    fn commit(&mut self, counters: &IndexCounters) -> tantivy::Result<()> {
+        let payload = serde_json::to_string(&Payload {
+            upto: self.next,
+            deleted_below: self.deleted_below,
+        })
+        .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.reader.reload()?;
+        self.pending = 0;
+        self.first_pending = None;
+        self.deletes_pending = false;
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn close(mut self, counters: &IndexCounters) {
+        if (self.pending > 0 || self.deletes_pending)
+            && let Err(e) = self.commit(counters)
+        {
+            tracing::warn!(error = %e, "last search commit failed; indexing resumes from the one before");
+        }
+        if let Err(e) = self.writer.wait_merging_threads() {
+            tracing::debug!(error = %e, "search merges did not finish");
+        }
+        drop(self.index);
+    }
+}
+
+/// Runs `f` on the blocking pool with the writer, giving it back. A panic drops the writer
+/// (releasing its lock) and becomes an error: the caller reopens from the last commit.
+async fn blocking(
+    mut w: Writer,
+    f: impl FnOnce(&mut Writer) -> tantivy::Result<()> + Send + 'static,
+) -> tantivy::Result<Writer> {
+    tokio::task::spawn_blocking(move || f(&mut w).map(|()| w))
+        .await
+        .map_err(|e| tantivy::TantivyError::InternalError(format!("indexing panicked: {e}")))?
+}
+
+async fn run(partition: Arc<Partition>, index: Arc<PartitionIndex>) {
+    let mut stop = index.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let opened = {
+            let (dir, index) = (index.dir.clone(), index.clone());
+            tokio::task::spawn_blocking(move || Writer::open(&dir, &index.counters)).await
+        };
+        let writer = match opened {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                tracing::warn!(topic = partition.topic(), partition = partition.id(), error = %e, "search index cannot be opened; retrying");
+                let _ = tokio::time::timeout(RETRY_AFTER, stop.changed()).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        *lock(&index.snapshot) = Some(writer.snapshot());
+        match feed(&partition, &index, writer, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(topic = partition.topic(), partition = partition.id(), error = %e, "indexing failed; reopening the index from its last commit");
+                let _ = tokio::time::timeout(RETRY_AFTER, stop.changed()).await;
+            }
+        }
+    }
+}
+
+/// Indexes committed records until told to stop (`Ok`) or an error (the writer is dropped
+/// then, and the caller reopens from the last commit).
+async fn feed(
+    partition: &Arc<Partition>,
+    index: &Arc<PartitionIndex>,
+    mut w: Writer,
+    stop: &mut watch::Receiver<bool>,
+) -> tantivy::Result<()> {
+    let mut high_watermark = partition.subscribe();
+    loop {
+        if *stop.borrow() {
+            let index = index.clone();
+            tokio::task::spawn_blocking(move || w.close(&index.counters))
+                .await
+                .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
+            return Ok(());
+        }
+        let start = partition.start_offset();
+        if start > w.next {
+            w.next = start;
+        }
+        if start > w.deleted_below {
+            w.delete_below(start)?;
+        }
+        let hwm = *high_watermark.borrow_and_update();
+        if w.next < hwm {
+            let fetched = partition
+                .read(w.next, READ_BYTES)
+                .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
+            let end = fetched.next_offset.min(hwm);
+            let (pid, i) = (partition.id(), index.clone());
+            w = blocking(w, move |w| {
+                w.add(&fetched.batches, end, pid, &i.projection, &i.counters)
+            })
+            .await?;
+        }
+        if w.due(partition.is_leader()) {
+            let i = index.clone();
+            w = blocking(w, move |w| w.commit(&i.counters)).await?;
+            *lock(&index.snapshot) = Some(w.snapshot());
+        }
+        if w.next >= *high_watermark.borrow() {
+            // Caught up: wait for more, for a commit to fall due, or for the stop.
+            let wait = w.first_pending.map_or(IDLE_CHECK, |first| {
+                let every = if partition.is_leader() {
+                    LEADER_COMMIT_EVERY
+                } else {
+                    FOLLOWER_COMMIT_EVERY
+                };
+                every.saturating_sub(first.elapsed())
+            });
+            tokio::select! {
+                _ = high_watermark.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The Search service: a query is run on every selected partition, on its leader (which has
+//! indexed everything it acknowledged first), and the hits are merged here. Partitions this
+//! node leads are searched locally; the others are asked of their leader's node in one
+//! request per node (`partitions` set), falling back to this node's replica or to another
+//! replica when that node does not answer. Hits are read from the logs by offset: the index
+//! stores no bodies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_proto::v1;
+use strata_storage::RecordBatch;
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::error::Error;
+use crate::partition::Partition;
+use crate::search::{self, LocalHit, PartitionHits, SearchOrder, SearchSpec};
+
+/// Hits returned when the request says 0.
+const DEFAULT_LIMIT: u32 = 20;
+/// Most hits one search returns.
+const MAX_LIMIT: u32 = 10_000;
+/// Most histogram buckets.
+const MAX_BUCKETS: i64 = 10_000;
+/// How long another node may take to answer its share.
+const PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A partition to search: topic, partition, replicas (the preferred leader first).
+type Target = (Arc<str>, u32, Vec<u64>);
+
+/// What one partition contributed.
+struct Found {
+    hits: PartitionHits,
+    not_indexed: u64,
+    records: Vec<v1::SearchHit>,
+}
+
+fn order_of(o: i32) -> SearchOrder {
+    match v1::SearchOrder::try_from(o).unwrap_or(v1::SearchOrder::TimeDesc) {
+        v1::SearchOrder::TimeDesc => SearchOrder::TimeDesc,
+        v1::SearchOrder::TimeAsc => SearchOrder::TimeAsc,
+        v1::SearchOrder::Score => SearchOrder::Score,
+    }
+}
+
+fn spec_of(request: &v1::SearchRequest) -> Result<SearchSpec, Error> {
+    let limit = match request.limit {
+        0 => DEFAULT_LIMIT,
+        n if n > MAX_LIMIT => {
+            return Err(Error::InvalidArgument(format!(
+                "limit {n} is above the maximum of {MAX_LIMIT}"
+            )));
+        }
+        n => n,
+    };
+    if let (Some(from), Some(to)) = (request.from_ms, request.to_ms)
+        && from >= to
+    {
+        return Err(Error::InvalidArgument(format!(
+            "the time range is empty: from {from} is not before to {to}"
+        )));
+    }
+    let histogram_ms = (request.histogram_ms > 0).then_some(request.histogram_ms);
+    if let (Some(ms), Some(from), Some(to)) = (histogram_ms, request.from_ms, request.to_ms) {
+        let buckets = (to - from) / i64::try_from(ms).unwrap_or(i64::MAX);
+        if buckets > MAX_BUCKETS {
+            return Err(Error::InvalidArgument(format!(
+                "a histogram of {buckets} buckets is too many (at most {MAX_BUCKETS}); use wider buckets"
+            )));
+        }
+    }
+    let query = search::parse(&request.query).map_err(Error::InvalidArgument)?;
+    Ok(SearchSpec {
+        query,
+        from_ms: request.from_ms,
+        to_ms: request.to_ms,
+        limit: limit as usize,
+        order: order_of(request.order),
+        count_only: request.count_only,
+        histogram_ms,
+    })
+}
+
+/// Reads the records of `hits` from the partition's log.
+fn records(partition: &Partition, hits: &[LocalHit]) -> Result<Vec<v1::SearchHit>, Error> {
+    let mut out = Vec::with_capacity(hits.len());
+    for hit in hits {
+        let fetched = match partition.read(hit.offset, 1) {
+            Ok(f) => f,
+            // Deleted by retention since the search ran.
+            Err(Error::OffsetOutOfRange { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let record = fetched.batches.into_iter().find_map(|raw| {
+            let batch = RecordBatch::from_bytes(raw).ok()?;
+            let found = batch.records().find(|r| r.offset == hit.offset)?;
+            Some(v1::SearchHit {
+                topic: partition.topic().to_string(),
+                partition: partition.id(),
+                offset: hit.offset,
+                timestamp_ms: found.timestamp,
+                key: found.key.map(|k| batch.share(k)),
+                value: found.value.map(|v| batch.share(v)),
+                score: hit.score,
+            })
+        });
+        out.extend(record);
+    }
+    Ok(out)
+}
+
+/// Runs `spec` on this node's replica of a partition, as it is.
+fn search_replica(partition: &Arc<Partition>, spec: &SearchSpec) -> Result<Found, Error> {
+    let index = partition.search().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "topic `{}` is not indexed for search",
+            partition.topic()
+        ))
+    })?;
+    let start = partition.start_offset();
+    let high_watermark = partition.high_watermark();
+    let Some(snapshot) = index.snapshot() else {
+        // Still opening (or rebuilding): nothing is searchable yet, and the answer says so.
+        return Ok(Found {
+            hits: PartitionHits::default(),
+            not_indexed: high_watermark.saturating_sub(start),
+            records: Vec::new(),
+        });
+    };
+    let hits = search::query::search(&snapshot, start, spec).map_err(Error::InvalidArgument)?;
+    let records = records(partition, &hits.hits)?;
+    Ok(Found {
+        not_indexed: high_watermark.saturating_sub(snapshot.upto.max(start)),
+        hits,
+        records,
+    })
+}
+
+/// Orders hits as requested; ties break on topic, partition and offset so that every node
+/// merges the same way.
+fn sort_hits(hits: &mut [v1::SearchHit], order: SearchOrder) {
+    let tie = |a: &v1::SearchHit, b: &v1::SearchHit| {
+        (a.topic.as_str(), a.partition, a.offset).cmp(&(b.topic.as_str(), b.partition, b.offset))
+    };
+    match order {
+        SearchOrder::TimeDesc => {
+            hits.sort_by(|a, b| b.timestamp_ms.cmp(&a.timestamp_ms).then_with(|| tie(b, a)))
+        }
+        SearchOrder::TimeAsc => {
+            hits.sort_by(|a, b| a.timestamp_ms.cmp(&b.timestamp_ms).then_with(|| tie(a, b)))
+        }
+        SearchOrder::Score => hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| b.timestamp_ms.cmp(&a.timestamp_ms))
+                .then_with(|| tie(a, b))
+        }),
+    }
+}
+
+/// The answers of several partitions (or nodes) summed and merged.
+#[derive(Default)]
+struct Merged {
+    hits: Vec<v1::SearchHit>,
+    total: u64,
+    histogram: BTreeMap<i64, u64>,
+    partitions: u32,
+    not_indexed: u64,
+}
+
+impl Merged {
+    fn add_found(&mut self, found: Found) {
+        self.total += found.hits.total;
+        for (k, v) in found.hits.histogram {
+            *self.histogram.entry(k).or_default() += v;
+        }
+        self.partitions += 1;
+        self.not_indexed += found.not_indexed;
+        self.hits.extend(found.records);
+    }
+
+    fn add_response(&mut self, r: v1::SearchResponse) {
+        self.total += r.total;
+        for b in r.histogram {
+            *self.histogram.entry(b.start_ms).or_default() += b.count;
+        }
+        self.partitions += r.partitions;
+        self.not_indexed += r.not_indexed;
+        self.hits.extend(r.hits);
+    }
+
+    fn finish(mut self, spec: &SearchSpec) -> v1::SearchResponse {
+        sort_hits(&mut self.hits, spec.order);
+        self.hits
+            .truncate(if spec.count_only { 0 } else { spec.limit });
+        v1::SearchResponse {
+            hits: self.hits,
+            total: self.total,
+            histogram: self
+                .histogram
+                .into_iter()
+                .map(|(start_ms, count)| v1::HistogramBucket { start_ms, count })
+                .collect(),
+            partitions: self.partitions,
+            not_indexed: self.not_indexed,
+        }
+    }
+}
+
+impl Api {
+    /// This node's replicas of `partitions`.
+    fn local_replicas(&self, partitions: &[(Arc<str>, u32)]) -> Result<Vec<Arc<Partition>>, Error> {
+        partitions
+            .iter()
+            .map(|(topic, p)| {
+                let t = self.node.topics.get(topic)?;
+                t.partition(*p).cloned()
+            })
+            .collect()
+    }
+
+    /// Searches this node's replicas of `partitions` on the blocking pool.
+    async fn search_local(
+        &self,
+        partitions: Vec<Arc<Partition>>,
+        spec: Arc<SearchSpec>,
+    ) -> Result<Vec<Found>, Error> {
+        tokio::task::spawn_blocking(move || {
+            partitions
+                .iter()
+                .map(|p| search_replica(p, &spec))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("search task failed: {e}")))?
+    }
+
+    /// The partitions a search covers, by topic: the named topics, or every indexed one.
+    fn targets(&self, topics: &[String]) -> Result<Vec<Target>, Error> {
+        let state = self.node.cluster.state().borrow().clone();
+        let mut out = Vec::new();
+        let names: Vec<String> = if topics.is_empty() {
+            state
+                .topics
+                .iter()
+                .filter(|(_, t)| t.config.search.enabled)
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            topics.to_vec()
+        };
+        for name in names {
+            let meta = state
+                .topics
+                .get(&name)
+                .ok_or_else(|| Error::UnknownTopic(name.clone()))?;
+            if !meta.config.search.enabled {
+                return Err(Error::InvalidArgument(format!(
+                    "topic `{name}` is not indexed for search (it was created with search disabled)"
+                )));
+            }
+            let shared: Arc<str> = Arc::from(name.as_str());
+            for (p, replicas) in meta.replicas.iter().enumerate() {
+                out.push((shared.clone(), p as u32, replicas.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which node should answer for a partition: its leader as far as this node knows.
+    fn answering_node(&self, topic: &str, partition: u32, replicas: &[u64]) -> u64 {
+        let own = self.node.cluster.node_id();
+        let local = self
+            .node
+            .topics
+            .get(topic)
+            .ok()
+            .and_then(|t| t.partition(partition).ok().cloned());
+        match local {
+            Some(p) => match p.current_leader() {
+                Some(leader) if replicas.contains(&leader) => leader,
+                _ => own,
+            },
+            None => replicas.first().copied().unwrap_or(own),
+        }
+    }
+
+    async fn search_inner(&self, request: v1::SearchRequest) -> Result<v1::SearchResponse, Error> {
+        self.check_serving()?;
+        let spec = Arc::new(spec_of(&request)?);
+        let mut merged = Merged::default();
+        if !request.partitions.is_empty() {
+            // Another node's share: this node's replicas, as they are.
+            let wanted: Vec<(Arc<str>, u32)> = request
+                .partitions
+                .iter()
+                .map(|p| (Arc::from(p.topic.as_str()), p.partition))
+                .collect();
+            let replicas = self.local_replicas(&wanted)?;
+            for found in self.search_local(replicas, spec.clone()).await? {
+                merged.add_found(found);
+            }
+            return Ok(merged.finish(&spec));
+        }
+        let own = self.node.cluster.node_id();
+        let mut by_node: BTreeMap<u64, Vec<Target>> = BTreeMap::new();
+        for (topic, p, replicas) in self.targets(&request.topics)? {
+            let node = self.answering_node(&topic, p, &replicas);
+            by_node.entry(node).or_default().push((topic, p, replicas));
+        }
+        let local = by_node.remove(&own).unwrap_or_default();
+        let remote = by_node.into_iter().map(|(node, parts)| {
+            let request = request.clone();
+            async move {
+                let answer = self.ask(node, &parts, request).await;
+                (node, parts, answer)
+            }
+        });
+        let (local_found, remote_answers) = tokio::join!(
+            self.search_local(
+                self.local_replicas(
+                    &local
+                        .iter()
+                        .map(|(t, p, _)| (t.clone(), *p))
+                        .collect::<Vec<_>>()
+                )?,
+                spec.clone()
+            ),
+            futures_util::future::join_all(remote)
+        );
+        for found in local_found? {
+            merged.add_found(found);
+        }
+        for (node, parts, answer) in remote_answers {
+            match answer {
+                Ok(r) => merged.add_response(r),
+                Err(e @ Error::InvalidArgument(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(node, error = %e, "search share not answered; asking other replicas");
+                    for (topic, p, replicas) in parts {
+                        merged.add_response(
+                            self.fallback(&topic, p, &replicas, node, &request, &spec)
+                                .await?,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(merged.finish(&spec))
+    }
+
+    /// Searches a partition whose leader's node did not answer: this node's replica if it
+    /// has one, else each other replica in turn.
+    async fn fallback(
+        &self,
+        topic: &Arc<str>,
+        p: u32,
+        replicas: &[u64],
+        failed: u64,
+        request: &v1::SearchRequest,
+        spec: &Arc<SearchSpec>,
+    ) -> Result<v1::SearchResponse, Error> {
+        let own = self.node.cluster.node_id();
+        if replicas.contains(&own) {
+            let replicas = self.local_replicas(&[(topic.clone(), p)])?;
+            let mut merged = Merged::default();
+            for found in self.search_local(replicas, spec.clone()).await? {
+                merged.add_found(found);
+            }
+            return Ok(merged.finish(spec));
+        }
+        let mut last = Error::Unavailable(format!("no replica of {topic}/{p} answered"));
+        for &node in replicas.iter().filter(|n| **n != failed) {
+            match self
+                .ask(
+                    node,
+                    &[(topic.clone(), p, replicas.to_vec())],
+                    request.clone(),
+                )
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Asks `node` to search its replicas of `parts`.
+    async fn ask(
+        &self,
+        node: u64,
+        parts: &[Target],
+        request: v1::SearchRequest,
+    ) -> Result<v1::SearchResponse, Error> {
+        let address = self
+            .node
+            .cluster
+            .state()
+            .borrow()
+            .address_of(node)
+            .ok_or_else(|| Error::Unavailable(format!("node {node} has no known address")))?;
+        let request = v1::SearchRequest {
+            topics: Vec::new(),
+            partitions: parts
+                .iter()
+                .map(|(topic, partition, _)| v1::SearchPartition {
+                    topic: topic.to_string(),
+                    partition: *partition,
+                })
+                .collect(),
+            ..request
+        };
+        tokio::time::timeout(PARTIAL_TIMEOUT, async {
+            let mut rpc = v1::search_client::SearchClient::connect(format!("http://{address}"))
+                .await
+                .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))?;
+            rpc.search(request)
+                .await
+                .map(Response::into_inner)
+                .map_err(|s| {
+                    if s.code() == tonic::Code::InvalidArgument {
+                        Error::InvalidArgument(s.message().to_string())
+                    } else {
+                        Error::Unavailable(format!("node {node}: {}", s.message()))
+                    }
+                })
+        })
+        .await
+        .map_err(|_| Error::Timeout(format!("node {node} did not answer the search in time")))?
+    }
+}
+
+#[tonic::async_trait]
+impl v1::search_server::Search for Api {
+    async fn search(
+        &self,
+        request: Request<v1::SearchRequest>,
+    ) -> Result<Response<v1::SearchResponse>, Status> {
+        let started = Instant::now();
+        let result = self.search_inner(request.into_inner()).await;
+        self.finish("Search", started, result).map(Response::new)
+    }
+}
