@@ -178,6 +178,13 @@ impl Metrics {
             agg_windows,
             agg_watermark,
         ] = std::array::from_fn(|_| Family::<AggregationLabel, Gauge>::default());
+        let [
+            search_documents,
+            search_not_indexed,
+            search_indexed_bytes,
+            search_commits,
+            search_rebuilds,
+        ] = std::array::from_fn(|_| Family::<PartitionLabel, Gauge>::default());
         let mut count = 0;
         for topic in topics.all() {
             for p in &topic.partitions {
@@ -190,6 +197,26 @@ impl Metrics {
                 high_watermark
                     .get_or_create(&label)
                     .set(p.high_watermark() as i64);
+                if let Some(index) = p.search() {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let c = &index.counters;
+                    search_documents
+                        .get_or_create(&label)
+                        .set(index.documents() as i64);
+                    let behind = p
+                        .high_watermark()
+                        .saturating_sub(index.indexed_upto().max(p.start_offset()));
+                    search_not_indexed.get_or_create(&label).set(behind as i64);
+                    search_indexed_bytes
+                        .get_or_create(&label)
+                        .set(c.bytes.load(Relaxed) as i64);
+                    search_commits
+                        .get_or_create(&label)
+                        .set(c.commits.load(Relaxed) as i64);
+                    search_rebuilds
+                        .get_or_create(&label)
+                        .set(c.rebuilds.load(Relaxed) as i64);
+                }
                 p.with_aggs(|aggs| {
                     for running in aggs.running.values() {
                         let label = AggregationLabel {
@@ -257,6 +284,31 @@ impl Metrics {
             "aggregation_watermark_ms",
             "Largest event time minus the allowed lateness",
             agg_watermark,
+        );
+        scrape.register(
+            "search_documents",
+            "Documents in a partition replica's committed search index",
+            search_documents,
+        );
+        scrape.register(
+            "search_not_indexed",
+            "Committed records not searchable yet",
+            search_not_indexed,
+        );
+        scrape.register(
+            "search_indexed_bytes",
+            "Bytes of record values indexed since the node started",
+            search_indexed_bytes,
+        );
+        scrape.register(
+            "search_commits",
+            "Search index commits since the node started",
+            search_commits,
+        );
+        scrape.register(
+            "search_rebuilds",
+            "Times a search index was rebuilt from the log",
+            search_rebuilds,
         );
         let mut out = String::new();
         // Writing to a String cannot fail.

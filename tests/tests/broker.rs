@@ -437,6 +437,85 @@ async fn t10_group_splits_rebalances_and_resumes_after_restart() {
     b.close().await;
 }
 
+/// t12: retention deletes the search documents of the records it removes: search never
+/// returns them, the index drops them at its next commit, and what remains is searchable
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t12_retention_removes_search_documents() {
+    use strata_client::SearchQuery;
+    let broker = TestBroker::start_with(|c| {
+        c.http = Some("127.0.0.1:0".parse().unwrap());
+        c.segment_bytes = 256 << 10;
+        c.max_batch_bytes = 64 << 10;
+        c.retention_check_ms = 100;
+    })
+    .await;
+    let http = broker.http_address().unwrap();
+    let client = broker.client().await;
+    let spec = TopicSpec {
+        partitions: 1,
+        replication_factor: 1,
+        retention_bytes: Some(512 << 10),
+        ..TopicSpec::default()
+    };
+    client.admin().create_topic("short", spec).await.unwrap();
+    let producer = client.producer().batch_bytes(32 << 10).build();
+    let pad = "x".repeat(1000);
+    let mut acks = Vec::new();
+    for n in 0..3000 {
+        let value = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+        acks.push(
+            producer
+                .send(ProducerRecord::new("short", value))
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let (start, end) = eventually(WAIT, "retention to delete segments", async || {
+        let t = client.admin().describe_topic("short").await.ok()?;
+        let p = &t.partitions[0];
+        (p.start_offset > 0 && p.high_watermark == 3000)
+            .then_some((p.start_offset, p.high_watermark))
+    })
+    .await;
+    let search = client.search();
+    let r = eventually(WAIT, "the rest to be searchable", async || {
+        let r = search.run(SearchQuery::new("*").limit(10_000)).await.ok()?;
+        (r.not_indexed == 0).then_some(r)
+    })
+    .await;
+    let mut ns: Vec<u64> = r
+        .hits
+        .iter()
+        .map(|h| {
+            let v: serde_json::Value = serde_json::from_slice(h.value.as_ref().unwrap()).unwrap();
+            v["n"].as_u64().unwrap()
+        })
+        .collect();
+    ns.sort_unstable();
+    // One partition without control records: offset n holds event n. Retention may have
+    // moved on since `start` was read, never back.
+    let first = ns.first().copied().unwrap();
+    assert!(
+        first >= start,
+        "a deleted record was returned: {first} < {start}"
+    );
+    assert_eq!(ns, (first..end).collect::<Vec<_>>());
+    assert_eq!(r.total, end - first);
+    let documents = eventually(WAIT, "the index to drop deleted records", async || {
+        let t = client.admin().describe_topic("short").await.ok()?;
+        let live = t.partitions[0].high_watermark - t.partitions[0].start_offset;
+        let (_, metrics) = http_get(http, "/metrics").await;
+        let line = format!("strata_search_documents{{topic=\"short\",partition=\"0\"}} {live}\n");
+        metrics.contains(&line).then_some(live)
+    })
+    .await;
+    assert!(documents < 3000);
+}
+
 /// t11: a restart keeps topics, their settings and their data; a second node cannot open
 /// a data directory in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,12 @@ impl PartitionIndex {
         self.snapshot().map_or(0, |s| s.upto)
     }
 
+    /// Documents in the committed index (records deleted by retention leave at the commit
+    /// after their segments are deleted).
+    pub fn documents(&self) -> u64 {
+        self.snapshot().map_or(0, |s| s.searcher.num_docs())
+    }
+
     /// Stops the indexing task after it commits what it has; waits for it.
     pub(crate) async fn stop(&self) {
         self.stop.send_replace(true);

@@ -33,6 +33,9 @@ pub enum BenchCommand {
     Produce(Args),
     /// Read a topic from its start to its end and report throughput.
     Consume(Args),
+    /// Produce at --rate (default 10,000/s) while probe events are searched for; report
+    /// time-to-search (acknowledgement to first hit), indexing catch-up and query latency.
+    Search(Args),
     /// Produce at --rate while a consumer follows; report end-to-end latency.
     E2e(Args),
 }
@@ -126,6 +129,14 @@ pub async fn run(command: BenchCommand, brokers: &str, json: bool) -> anyhow::Re
         BenchCommand::Consume(args) => {
             let report = consume(&client, &args, json).await?;
             print_report("consume", &args, &report, json);
+        }
+        BenchCommand::Search(mut args) => {
+            if args.payload == PayloadArg::Bytes {
+                args.payload = PayloadArg::Json;
+            }
+            ensure_topic(&client, &args).await?;
+            warm_up(&client, &args).await?;
+            search_bench(&client, &args, json).await?;
         }
         BenchCommand::E2e(args) => {
             ensure_topic(&client, &args).await?;
@@ -532,4 +543,127 @@ async fn e2e(client: &Client, args: &Args, quiet: bool) -> anyhow::Result<Report
         latency: Some(latency),
         max_ack_gap: None,
     })
+}
+
+fn quantiles_ms(h: &Histogram<u64>) -> (f64, f64, f64) {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    (ms(0.5), ms(0.99), h.max() as f64 / 1000.0)
+}
+
+/// `bench search`: a load at --rate, and one probe event at a time whose time from
+/// acknowledgement to first hit is measured; then how long indexing takes to catch up and
+/// how long queries over the topic take.
+async fn search_bench(client: &Client, args: &Args, json: bool) -> anyhow::Result<()> {
+    use strata_client::SearchQuery;
+    let mut load_args = args.clone();
+    load_args.rate = Some(args.rate.unwrap_or(10_000));
+    if load_args.count.is_none() && load_args.duration.is_none() {
+        load_args.duration = Some(Duration::from_secs(30));
+    }
+    let load = {
+        let (client, load_args) = (client.clone(), load_args.clone());
+        tokio::spawn(async move { produce(&client, &load_args, true, None).await })
+    };
+    let search = client.search();
+    let probes = client.producer().linger(Duration::ZERO).build();
+    let run = format!("{:x}", now_us());
+    let mut found = histogram();
+    let mut probe = 0u64;
+    while !load.is_finished() {
+        probe += 1;
+        let token = format!("probe{run}x{probe}");
+        let value = format!(r#"{{"probe":"{token}","site":"bench"}}"#);
+        let ack = probes
+            .send(ProducerRecord::new(args.topic.as_str(), value))
+            .await?;
+        ack.await?;
+        let acked = Instant::now();
+        let query = SearchQuery::new(format!("probe:{token}"))
+            .topic(args.topic.as_str())
+            .count_only();
+        loop {
+            if search.run(query.clone()).await?.total >= 1 {
+                found.saturating_record(acked.elapsed().as_micros() as u64);
+                break;
+            }
+            anyhow::ensure!(
+                acked.elapsed() < Duration::from_secs(30),
+                "probe {token} not searchable after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = load.await??;
+    probes.close().await?;
+    // Indexing catch-up after the load.
+    let drained = Instant::now();
+    let all = SearchQuery::new("*")
+        .topic(args.topic.as_str())
+        .count_only();
+    let total = loop {
+        let r = search.run(all.clone()).await?;
+        if r.not_indexed == 0 {
+            break r.total;
+        }
+        anyhow::ensure!(
+            drained.elapsed() < Duration::from_secs(600),
+            "indexing did not catch up in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let catch_up = drained.elapsed();
+    // Query latency over everything indexed: a term query, counted and with 50 hits.
+    let mut counted = histogram();
+    let mut hits = histogram();
+    for _ in 0..20 {
+        let t = Instant::now();
+        search
+            .run(
+                SearchQuery::new("status:alarm")
+                    .topic(args.topic.as_str())
+                    .count_only(),
+            )
+            .await?;
+        counted.saturating_record(t.elapsed().as_micros() as u64);
+        let t = Instant::now();
+        search
+            .run(
+                SearchQuery::new("status:alarm AND site:oslo")
+                    .topic(args.topic.as_str())
+                    .limit(50),
+            )
+            .await?;
+        hits.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    let rate = report.records as f64 / report.seconds.max(1e-9);
+    let (f50, f99, fmax) = quantiles_ms(&found);
+    let (c50, c99, _) = quantiles_ms(&counted);
+    let (h50, h99, _) = quantiles_ms(&hits);
+    if json {
+        output::json(
+            &json!({"mode": "search", "topic": args.topic, "records": report.records,
+            "records_per_sec": rate, "probes": found.len(),
+            "time_to_search": {"p50_ms": f50, "p99_ms": f99, "max_ms": fmax},
+            "indexed_events": total, "catch_up_ms": catch_up.as_secs_f64() * 1000.0,
+            "count_query": {"p50_ms": c50, "p99_ms": c99}, "top50_query": {"p50_ms": h50, "p99_ms": h99}}),
+        );
+    } else {
+        println!(
+            "load: {} records in {:.1}s ({rate:.0} records/s, {} bytes each)",
+            report.records, report.seconds, args.record_size
+        );
+        println!(
+            "time to search (ack to first hit), {} probes: p50 {f50:.1} ms, p99 {f99:.1} ms, max {fmax:.1} ms",
+            found.len()
+        );
+        println!(
+            "indexing caught up {:.0} ms after the load ended; {total} events searchable",
+            catch_up.as_secs_f64() * 1000.0
+        );
+        println!(
+            "query over {total} events: count of status:alarm p50 {c50:.1} ms, p99 {c99:.1} ms; top 50 of status:alarm AND site:oslo p50 {h50:.1} ms, p99 {h99:.1} ms"
+        );
+    }
+    Ok(())
 }

@@ -106,7 +106,7 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
                 demo::TOPIC
             );
             println!(
-                "\nTry, in another terminal:\n  strata cluster status\n  strata topic describe sensors\n  strata consume sensors --follow\n  strata agg query site-alarms-1m --since 10m\n  strata agg watch device-temperature-1m --where device=sensor-0001\n  strata bench produce"
+                "\nTry, in another terminal:\n  strata cluster status\n  strata topic describe sensors\n  strata consume sensors --follow\n  strata agg query site-alarms-1m --since 10m\n  strata agg watch device-temperature-1m --where device=sensor-0001\n  strata search 'status:alarm AND site:oslo' --since 15m\n  strata search 'temperature:[30 TO *]' --count --histogram 1m\n  strata bench produce"
             );
         } else {
             println!(
