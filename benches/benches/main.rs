@@ -9,6 +9,12 @@
 
 mod agg;
 mod machine;
+mod search;
 mod storage;
 
-criterion::criterion_main!(machine::benches, storage::benches, agg::benches);
+criterion::criterion_main!(
+    machine::benches,
+    storage::benches,
+    agg::benches,
+    search::benches
+);

@@ -31,10 +31,15 @@ pub(crate) const INDEX_DIR: &str = "search";
 
 /// Most bytes of batches read from the log per step.
 const READ_BYTES: usize = 1 << 20;
-/// How long documents may wait for a commit on a leader (queries go to leaders).
-const LEADER_COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// How long documents may wait for a commit on a leader when nobody searches (a search
+/// asks for a commit of what it needs at once: see [`PartitionIndex::wait_searchable`]).
+/// Every commit writes a new segment at a fixed cost (about 5-10 ms of CPU), so commits on a
+/// timer are kept rare.
+const LEADER_COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// The same on a follower, which only needs to keep up for a fail-over.
-const FOLLOWER_COMMIT_EVERY: Duration = Duration::from_secs(1);
+const FOLLOWER_COMMIT_EVERY: Duration = Duration::from_secs(5);
+/// A search asks for a commit at most this often per partition.
+const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
 /// Commit at once when this many documents are pending.
 const COMMIT_DOCS: usize = 50_000;
 /// Above this many segments, commits are spaced out so merges catch up.
@@ -70,6 +75,10 @@ pub struct PartitionIndex {
     dir: PathBuf,
     projection: Projection,
     snapshot: Mutex<Option<Arc<IndexSnapshot>>>,
+    /// The offset up to which a search wants the index committed.
+    wanted: watch::Sender<u64>,
+    /// The offset the committed index covers, as it moves.
+    committed: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Its counters.
@@ -103,6 +112,8 @@ impl PartitionIndex {
             dir: log_dir.join(INDEX_DIR),
             projection: Projection::new(fields),
             snapshot: Mutex::new(None),
+            wanted: watch::channel(0).0,
+            committed: watch::channel(0).0,
             stop,
             task: Mutex::new(None),
             counters: IndexCounters::default(),
@@ -117,6 +128,27 @@ impl PartitionIndex {
     /// Offset up to which the partition is indexed (0 before the index is open).
     pub fn indexed_upto(&self) -> u64 {
         self.snapshot().map_or(0, |s| s.upto)
+    }
+
+    /// Asks for everything below `offset` to be searchable and waits until it is, or for at
+    /// most `timeout` (then the search runs on what is committed and says how much is not).
+    pub(crate) async fn wait_searchable(&self, offset: u64, timeout: Duration) {
+        if self.indexed_upto() >= offset {
+            return;
+        }
+        self.wanted.send_if_modified(|w| {
+            let raise = *w < offset;
+            *w = (*w).max(offset);
+            raise
+        });
+        let mut committed = self.committed.subscribe();
+        let _ = tokio::time::timeout(timeout, committed.wait_for(|c| *c >= offset)).await;
+    }
+
+    fn publish(&self, snapshot: Arc<IndexSnapshot>) {
+        let upto = snapshot.upto;
+        *lock(&self.snapshot) = Some(snapshot);
+        self.committed.send_replace(upto);
     }
 
     /// Documents in the committed index (records deleted by retention leave at the commit
@@ -144,6 +176,33 @@ pub(crate) fn start(partition: &Arc<Partition>) {
     *lock(&index.task) = Some(task);
 }
 
+/// Indexes the records of `batches` into a fresh index in `dir` exactly as a replica's task
+/// does (same schema, writer settings and document building), committing every
+/// `commit_every` documents and at the end; returns the documents indexed. For benchmarks
+/// and tools: the broker itself never calls it.
+pub fn index_batches(
+    dir: &Path,
+    batches: &[bytes::Bytes],
+    fields: &[String],
+    commit_every: usize,
+) -> Result<u64, String> {
+    let counters = IndexCounters::default();
+    let mut w = Writer::open(dir, &counters).map_err(|e| e.to_string())?;
+    let projection = Projection::new(fields);
+    for chunk in batches.chunks(commit_every.div_ceil(100).max(1)) {
+        let end = chunk
+            .last()
+            .and_then(|b| RecordBatch::from_bytes(b.clone()).ok())
+            .map_or(w.next, |b| b.last_offset() + 1);
+        w.add(chunk, end, 0, &projection, &counters)
+            .map_err(|e| e.to_string())?;
+        w.commit(&counters).map_err(|e| e.to_string())?;
+    }
+    let documents = counters.documents.load(Ordering::Relaxed);
+    w.close(&counters);
+    Ok(documents)
+}
+
 /// The writing side, owned by the task (moved into blocking sections and back).
 struct Writer {
     index: Index,
@@ -151,6 +210,8 @@ struct Writer {
     reader: IndexReader,
     /// Offset of the next record to index.
     next: u64,
+    /// Offset the last commit covers.
+    committed_upto: u64,
     deleted_below: u64,
     pending: usize,
     first_pending: Option<Instant>,
@@ -232,6 +293,7 @@ impl Writer {
             writer,
             reader,
             next: payload.upto,
+            committed_upto: payload.upto,
             deleted_below: payload.deleted_below,
             pending: 0,
             first_pending: None,
@@ -304,13 +366,17 @@ impl Writer {
         Ok(())
     }
 
-    fn due(&self, leader: bool) -> bool {
+    fn due(&self, leader: bool, wanted: u64, last_commit: Instant) -> bool {
         if self.deletes_pending {
             return true;
         }
         let Some(first) = self.first_pending else {
             return false;
         };
+        // A search waits for records this commit would make searchable.
+        if wanted > self.committed_upto && last_commit.elapsed() >= MIN_COMMIT_GAP {
+            return true;
+        }
         if self.pending >= COMMIT_DOCS {
             return true;
         }
@@ -327,6 +393,11 @@ impl Writer {
         first.elapsed() >= every
     }
 
+    /// Whether a search waits for records a commit now would make searchable.
+    fn searched_soon(&self, wanted: u64) -> bool {
+        wanted > self.committed_upto && self.next > self.committed_upto
+    }
+
     fn commit(&mut self, counters: &IndexCounters) -> tantivy::Result<()> {
         let payload = serde_json::to_string(&Payload {
             upto: self.next,
@@ -338,6 +409,7 @@ impl Writer {
         prepared.commit()?;
         self.reader.reload()?;
         self.pending = 0;
+        self.committed_upto = self.next;
         self.first_pending = None;
         self.deletes_pending = false;
         counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -387,7 +459,7 @@ async fn run(partition: Arc<Partition>, index: Arc<PartitionIndex>) {
             }
             Err(_) => return,
         };
-        *lock(&index.snapshot) = Some(writer.snapshot());
+        index.publish(writer.snapshot());
         match feed(&partition, &index, writer, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
@@ -407,6 +479,8 @@ async fn feed(
     stop: &mut watch::Receiver<bool>,
 ) -> tantivy::Result<()> {
     let mut high_watermark = partition.subscribe();
+    let mut wanted = index.wanted.subscribe();
+    let mut last_commit = Instant::now();
     loop {
         if *stop.borrow() {
             let index = index.clone();
@@ -434,14 +508,16 @@ async fn feed(
             })
             .await?;
         }
-        if w.due(partition.is_leader()) {
+        let searched = *wanted.borrow_and_update();
+        if w.due(partition.is_leader(), searched, last_commit) {
             let i = index.clone();
             w = blocking(w, move |w| w.commit(&i.counters)).await?;
-            *lock(&index.snapshot) = Some(w.snapshot());
+            last_commit = Instant::now();
+            index.publish(w.snapshot());
         }
         if w.next >= *high_watermark.borrow() {
-            // Caught up: wait for more, for a commit to fall due, or for the stop.
-            let wait = w.first_pending.map_or(IDLE_CHECK, |first| {
+            // Caught up: wait for more, for a commit to fall due, for a search, or the stop.
+            let mut wait = w.first_pending.map_or(IDLE_CHECK, |first| {
                 let every = if partition.is_leader() {
                     LEADER_COMMIT_EVERY
                 } else {
@@ -449,11 +525,68 @@ async fn feed(
                 };
                 every.saturating_sub(first.elapsed())
             });
+            if w.searched_soon(searched) {
+                wait = wait.min(MIN_COMMIT_GAP.saturating_sub(last_commit.elapsed()));
+            }
             tokio::select! {
                 _ = high_watermark.changed() => {}
+                _ = wanted.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_storage::{BatchBuilder, NewRecord};
+
+    fn batches(n: u64) -> Vec<bytes::Bytes> {
+        (0..n)
+            .map(|i| {
+                let mut b = BatchBuilder::new();
+                let v = format!(r#"{{"n":{i},"level":"error"}}"#);
+                b.push(NewRecord::value(1_000 + i as i64, v.as_bytes()))
+                    .unwrap();
+                let mut raw = b.finish().unwrap().as_bytes().to_vec();
+                raw[..8].copy_from_slice(&i.to_le_bytes());
+                bytes::Bytes::from(raw)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_records_where_indexing_resumes_and_a_damaged_index_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INDEX_DIR);
+        assert_eq!(index_batches(&path, &batches(250), &[], 100).unwrap(), 250);
+        let counters = IndexCounters::default();
+        let w = Writer::open(&path, &counters).unwrap();
+        assert_eq!((w.next, w.reader.searcher().num_docs()), (250, 250));
+        assert_eq!(counters.rebuilds.load(Ordering::Relaxed), 0);
+        w.close(&counters);
+
+        // A torn meta.json: the index is deleted and indexing starts again from the log.
+        std::fs::write(path.join("meta.json"), b"{\"segments\": [").unwrap();
+        let w = Writer::open(&path, &counters).unwrap();
+        assert_eq!((w.next, w.reader.searcher().num_docs()), (0, 0));
+        assert_eq!(counters.rebuilds.load(Ordering::Relaxed), 1);
+        w.close(&counters);
+
+        // A segment file gone: the same.
+        index_batches(&dir.path().join("b"), &batches(10), &[], 100).unwrap();
+        let b = dir.path().join("b");
+        for entry in std::fs::read_dir(&b).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "fast") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        let w = Writer::open(&b, &counters).unwrap();
+        assert_eq!(w.next, 0);
+        assert_eq!(counters.rebuilds.load(Ordering::Relaxed), 2);
+        w.close(&counters);
     }
 }

@@ -12,7 +12,7 @@ pub mod index;
 pub mod query;
 pub(crate) mod schema;
 
-pub use index::{IndexCounters, PartitionIndex};
+pub use index::{IndexCounters, PartitionIndex, index_batches};
 pub use query::{LocalHit, PartitionHits, SearchOrder, SearchSpec, parse};
 
 /// Checks a topic's list of fields to index.

@@ -24,6 +24,8 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 10_000;
 /// Most histogram buckets.
 const MAX_BUCKETS: i64 = 10_000;
+/// How long a search waits for a partition to commit what it has acknowledged.
+const FRESH_WAIT: Duration = Duration::from_secs(1);
 /// How long another node may take to answer its share.
 const PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -221,12 +223,18 @@ impl Api {
             .collect()
     }
 
-    /// Searches this node's replicas of `partitions` on the blocking pool.
+    /// Searches this node's replicas of `partitions` on the blocking pool, once each has
+    /// committed its index up to its high watermark (or after [`FRESH_WAIT`]).
     async fn search_local(
         &self,
         partitions: Vec<Arc<Partition>>,
         spec: Arc<SearchSpec>,
     ) -> Result<Vec<Found>, Error> {
+        futures_util::future::join_all(partitions.iter().filter_map(|p| {
+            let index = p.search()?;
+            Some(index.wait_searchable(p.high_watermark(), FRESH_WAIT))
+        }))
+        .await;
         tokio::task::spawn_blocking(move || {
             partitions
                 .iter()
