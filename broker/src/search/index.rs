@@ -35,7 +35,7 @@ const READ_BYTES: usize = 1 << 20;
 /// asks for a commit of what it needs at once: see [`PartitionIndex::wait_searchable`]).
 /// Every commit writes a new segment at a fixed cost (about 5-10 ms of CPU), so commits on a
 /// timer are kept rare.
-const LEADER_COMMIT_EVERY: Duration = Duration::from_millis(500);
+const LEADER_COMMIT_EVERY: Duration = Duration::from_secs(2);
 /// The same on a follower, which only needs to keep up for a fail-over.
 const FOLLOWER_COMMIT_EVERY: Duration = Duration::from_secs(5);
 /// A search asks for a commit at most this often per partition.
