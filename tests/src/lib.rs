@@ -167,3 +167,18 @@ pub fn workspace_target() -> PathBuf {
         .join("..")
         .join("target")
 }
+
+/// The `n` field of every search hit's JSON value, sorted; fails the test on a hit without
+/// one.
+pub fn hit_numbers(hits: &[strata_client::SearchHit]) -> Vec<u64> {
+    let mut ns: Vec<u64> = hits
+        .iter()
+        .map(|h| {
+            let value = h.value.as_ref().expect("hit has a value");
+            let v: serde_json::Value = serde_json::from_slice(value).expect("JSON value");
+            v["n"].as_u64().expect("an `n` field")
+        })
+        .collect();
+    ns.sort_unstable();
+    ns
+}

@@ -487,15 +487,7 @@ async fn t12_retention_removes_search_documents() {
         (r.not_indexed == 0).then_some(r)
     })
     .await;
-    let mut ns: Vec<u64> = r
-        .hits
-        .iter()
-        .map(|h| {
-            let v: serde_json::Value = serde_json::from_slice(h.value.as_ref().unwrap()).unwrap();
-            v["n"].as_u64().unwrap()
-        })
-        .collect();
-    ns.sort_unstable();
+    let ns = strata_tests::hit_numbers(&r.hits);
     // One partition without control records: offset n holds event n. Retention may have
     // moved on since `start` was read, never back.
     let first = ns.first().copied().unwrap();

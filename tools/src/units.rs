@@ -54,6 +54,31 @@ pub fn human_bytes(bytes: f64) -> String {
     }
 }
 
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RFC 3339 text of a time in ms since the epoch (to the second, or to the millisecond with
+/// `millis`); the number itself when it is not a representable time.
+pub fn time_text(ms: i64, millis: bool) -> String {
+    u64::try_from(ms)
+        .ok()
+        .and_then(|ms| std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .map_or_else(
+            || ms.to_string(),
+            |t| {
+                if millis {
+                    humantime::format_rfc3339_millis(t).to_string()
+                } else {
+                    humantime::format_rfc3339_seconds(t).to_string()
+                }
+            },
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! `strata agg create | list | describe | drop | query | watch`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args as ClapArgs, Subcommand};
 use futures_util::StreamExt;
@@ -9,7 +9,7 @@ use strata_client::{AggregationRow, AggregationSpec};
 
 use super::connect;
 use crate::output;
-use crate::units::parse_duration;
+use crate::units::{now_ms, parse_duration};
 
 /// Aggregation commands.
 #[derive(Debug, Subcommand)]
@@ -86,20 +86,8 @@ pub struct QueryArgs {
     pub r#where: Vec<String>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn time_text(ms: i64) -> String {
-    u64::try_from(ms)
-        .ok()
-        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
-        .map_or_else(
-            || ms.to_string(),
-            |t| humantime::format_rfc3339_seconds(t).to_string(),
-        )
+    crate::units::time_text(ms, false)
 }
 
 fn value_text(v: Option<f64>) -> String {

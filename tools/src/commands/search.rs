@@ -1,7 +1,7 @@
 //! `strata search QUERY`: find events, count them, chart them over time, or follow new ones.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use roaring::RoaringTreemap;
 use serde_json::json;
@@ -9,7 +9,7 @@ use strata_client::{SearchHit, SearchOrder, SearchQuery, SearchResult};
 
 use super::connect;
 use crate::output;
-use crate::units::parse_duration;
+use crate::units::{now_ms, parse_duration};
 
 /// How often `--follow` asks for new matches.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
@@ -73,20 +73,8 @@ fn parse_time(text: &str) -> Result<i64, String> {
     i64::try_from(d.as_millis()).map_err(|_| format!("`{text}` is too far away"))
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn time_text(ms: i64) -> String {
-    u64::try_from(ms)
-        .ok()
-        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
-        .map_or_else(
-            || ms.to_string(),
-            |t| humantime::format_rfc3339_millis(t).to_string(),
-        )
+    crate::units::time_text(ms, true)
 }
 
 fn hit_json(h: &SearchHit) -> serde_json::Value {
