@@ -370,17 +370,19 @@ impl Writer {
         if self.deletes_pending {
             return true;
         }
+        // A search waits for records (or control records) this commit would cover.
+        if self.searched_soon(wanted) && last_commit.elapsed() >= MIN_COMMIT_GAP {
+            return true;
+        }
         let Some(first) = self.first_pending else {
             return false;
         };
-        // A search waits for records this commit would make searchable.
-        if wanted > self.committed_upto && last_commit.elapsed() >= MIN_COMMIT_GAP {
-            return true;
-        }
-        if self.pending >= COMMIT_DOCS {
-            return true;
-        }
-        let mut every = if leader {
+        self.pending >= COMMIT_DOCS || first.elapsed() >= self.commit_every(leader)
+    }
+
+    /// How long documents may wait for a commit on the timer.
+    fn commit_every(&self, leader: bool) -> Duration {
+        let every = if leader {
             LEADER_COMMIT_EVERY
         } else {
             FOLLOWER_COMMIT_EVERY
@@ -388,9 +390,21 @@ impl Writer {
         // Back-pressure on segments: while merges lag, commit less often (bigger segments).
         let segments = self.reader.searcher().segment_readers().len();
         if segments > MAX_SEGMENTS {
-            every *= (segments / MAX_SEGMENTS + 1) as u32 * 2;
+            every * ((segments / MAX_SEGMENTS + 1) as u32 * 2)
+        } else {
+            every
         }
-        first.elapsed() >= every
+    }
+
+    /// How long the task may sleep once caught up before a commit falls due.
+    fn until_due(&self, leader: bool, wanted: u64, last_commit: Instant) -> Duration {
+        let mut wait = self.first_pending.map_or(IDLE_CHECK, |first| {
+            self.commit_every(leader).saturating_sub(first.elapsed())
+        });
+        if self.searched_soon(wanted) {
+            wait = wait.min(MIN_COMMIT_GAP.saturating_sub(last_commit.elapsed()));
+        }
+        wait
     }
 
     /// Whether a search waits for records a commit now would make searchable.
@@ -517,17 +531,7 @@ async fn feed(
         }
         if w.next >= *high_watermark.borrow() {
             // Caught up: wait for more, for a commit to fall due, for a search, or the stop.
-            let mut wait = w.first_pending.map_or(IDLE_CHECK, |first| {
-                let every = if partition.is_leader() {
-                    LEADER_COMMIT_EVERY
-                } else {
-                    FOLLOWER_COMMIT_EVERY
-                };
-                every.saturating_sub(first.elapsed())
-            });
-            if w.searched_soon(searched) {
-                wait = wait.min(MIN_COMMIT_GAP.saturating_sub(last_commit.elapsed()));
-            }
+            let wait = w.until_due(partition.is_leader(), searched, last_commit);
             tokio::select! {
                 _ = high_watermark.changed() => {}
                 _ = wanted.changed() => {}
@@ -555,6 +559,30 @@ mod tests {
                 bytes::Bytes::from(raw)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_search_gets_a_commit_for_control_records_too_and_an_idle_writer_sleeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = IndexCounters::default();
+        let mut w = Writer::open(&dir.path().join(INDEX_DIR), &counters).unwrap();
+        let mut b = BatchBuilder::new().control();
+        b.push(NewRecord::value(1_000, b"start")).unwrap();
+        let control = bytes::Bytes::from(b.finish().unwrap().as_bytes().to_vec());
+        w.add(&[control], 1, 0, &Projection::default(), &counters)
+            .unwrap();
+        assert_eq!((w.next, w.pending), (1, 0));
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        // Nobody searches: nothing is due and the task sleeps.
+        assert!(!w.due(true, 0, long_ago));
+        assert_eq!(w.until_due(true, 0, long_ago), IDLE_CHECK);
+        // A search wants offset 1: the commit is due at once, without documents.
+        assert!(w.due(true, 1, long_ago));
+        assert_eq!(w.until_due(true, 1, long_ago), Duration::ZERO);
+        w.commit(&counters).unwrap();
+        assert!(!w.due(true, 1, long_ago));
+        assert_eq!(w.until_due(true, 1, long_ago), IDLE_CHECK);
+        w.close(&counters);
     }
 
     #[test]
