@@ -1279,7 +1279,13 @@ fn event_json(e: &Event) -> String {
     )
 }
 
-async fn produce_events(client: &strata_client::Client, events: &[Event]) {
+/// Produces `events` (keyed by user), pausing `pace` after every 100 sends; returns the `n`
+/// of every acknowledged one.
+async fn produce_events(
+    client: &strata_client::Client,
+    events: &[Event],
+    pace: Duration,
+) -> Vec<u64> {
     let producer = client
         .producer()
         .linger(Duration::from_millis(2))
@@ -1291,11 +1297,24 @@ async fn produce_events(client: &strata_client::Client, events: &[Event]) {
         let record = ProducerRecord::new(e.topic, event_json(e))
             .key(format!("user-{}", e.n % 20))
             .timestamp(e.ts);
-        acks.push(producer.send(record).await.unwrap());
+        acks.push((e.n, producer.send(record).await.unwrap()));
+        if e.n % 100 == 99 && !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
     }
-    for ack in acks {
-        ack.await.unwrap();
+    let mut acked = Vec::new();
+    for (n, ack) in acks {
+        if ack.await.is_ok() {
+            acked.push(n);
+        }
     }
+    acked
+}
+
+/// Produces `events` without faults: every one must be acknowledged.
+async fn produce_all(client: &strata_client::Client, events: &[Event]) {
+    let acked = produce_events(client, events, Duration::ZERO).await;
+    assert_eq!(acked.len(), events.len(), "every event acknowledged");
 }
 
 fn is_invalid(e: &strata_client::Error) -> bool {
@@ -1328,7 +1347,7 @@ async fn t50_search_equals_brute_force() {
     let base = 1_700_000_000_000;
     let mut events = search_events("app-logs", 1200, 0, base);
     events.extend(search_events("edge-logs", 600, 1200, base));
-    produce_events(&client, &events).await;
+    produce_all(&client, &events).await;
     let search = client.search();
     let total = events.len() as u64;
     eventually(Duration::from_secs(30), "every event indexed", async || {
@@ -1561,7 +1580,7 @@ async fn t50_search_equals_brute_force() {
         ..search_events("app-logs", 1, 99_999, base).remove(0)
     };
     let started = std::time::Instant::now();
-    produce_events(&client, std::slice::from_ref(&needle)).await;
+    produce_all(&client, std::slice::from_ref(&needle)).await;
     let acked = started.elapsed();
     eventually(
         Duration::from_secs(10),
@@ -1630,29 +1649,9 @@ async fn t51_indexes_survive_kills_and_are_rebuilt_from_the_log() {
     let producing = {
         let client = cluster.client().await;
         let events = events.clone();
-        tokio::spawn(async move {
-            let producer = client
-                .producer()
-                .linger(Duration::from_millis(2))
-                .retries(100)
-                .retry_backoff(Duration::from_millis(50))
-                .build();
-            let mut acks = Vec::new();
-            for e in &events {
-                let record = ProducerRecord::new(e.topic, event_json(e)).timestamp(e.ts);
-                acks.push((e.n, producer.send(record).await.unwrap()));
-                if e.n % 100 == 99 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            let mut acked = Vec::new();
-            for (n, ack) in acks {
-                if ack.await.is_ok() {
-                    acked.push(n);
-                }
-            }
-            acked
-        })
+        tokio::spawn(
+            async move { produce_events(&client, &events, Duration::from_millis(5)).await },
+        )
     };
     // Kill the leader of partition 0 once it has indexed part of the stream.
     let victim = cluster.leader_of("indexed", 0).await;

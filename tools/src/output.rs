@@ -28,3 +28,20 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 pub fn json(value: &Value) {
     println!("{value}");
 }
+
+/// A record as `--json` prints it: the value as JSON when it is JSON, else as text; the key
+/// as text.
+pub fn record_json(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    timestamp: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let value =
+        value.map(|v| serde_json::from_slice::<Value>(v).unwrap_or_else(|_| text(v).into()));
+    serde_json::json!({"topic": topic, "partition": partition, "offset": offset,
+        "timestamp": timestamp, "key": key.map(text), "value": value})
+}

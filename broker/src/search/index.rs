@@ -94,7 +94,7 @@ impl std::fmt::Debug for PartitionIndex {
 }
 
 /// The commit payload.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Payload {
     /// Offset after the last record indexed.
     upto: u64,
@@ -205,7 +205,6 @@ pub fn index_batches(
 
 /// The writing side, owned by the task (moved into blocking sections and back).
 struct Writer {
-    index: Index,
     writer: IndexWriter,
     reader: IndexReader,
     /// Offset of the next record to index.
@@ -232,13 +231,7 @@ impl Writer {
         }
         std::fs::create_dir_all(dir)?;
         let index = Index::create_in_dir(dir, SCHEMA.0.clone())?;
-        Self::with_index(
-            index,
-            Payload {
-                upto: 0,
-                deleted_below: 0,
-            },
-        )
+        Self::with_index(index, Payload::default())
     }
 
     /// `Ok(None)`: there is no index yet.
@@ -256,10 +249,7 @@ impl Writer {
         let metas = index.load_metas().map_err(|e| e.to_string())?;
         let payload = match metas.payload {
             Some(p) => serde_json::from_str::<Payload>(&p).map_err(|e| e.to_string())?,
-            None if metas.segments.is_empty() => Payload {
-                upto: 0,
-                deleted_below: 0,
-            },
+            None if metas.segments.is_empty() => Payload::default(),
             None => return Err("documents without a payload".into()),
         };
         let w = Self::with_index(index, payload).map_err(|e| e.to_string())?;
@@ -289,7 +279,6 @@ impl Writer {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         Ok(Writer {
-            index,
             writer,
             reader,
             next: payload.upto,
@@ -439,7 +428,6 @@ impl Writer {
         if let Err(e) = self.writer.wait_merging_threads() {
             tracing::debug!(error = %e, "search merges did not finish");
         }
-        drop(self.index);
     }
 }
 

@@ -212,37 +212,37 @@ impl Merged {
 }
 
 impl Api {
-    /// This node's replicas of `partitions`.
-    fn local_replicas(&self, partitions: &[(Arc<str>, u32)]) -> Result<Vec<Arc<Partition>>, Error> {
-        partitions
-            .iter()
-            .map(|(topic, p)| {
-                let t = self.node.topics.get(topic)?;
-                t.partition(*p).cloned()
-            })
-            .collect()
-    }
-
     /// Searches this node's replicas of `partitions` on the blocking pool, once each has
-    /// committed its index up to its high watermark (or after [`FRESH_WAIT`]).
-    async fn search_local(
+    /// committed its index up to its high watermark (or after [`FRESH_WAIT`]), and merges
+    /// what they found.
+    async fn search_here(
         &self,
-        partitions: Vec<Arc<Partition>>,
-        spec: Arc<SearchSpec>,
-    ) -> Result<Vec<Found>, Error> {
-        futures_util::future::join_all(partitions.iter().filter_map(|p| {
+        partitions: &[(Arc<str>, u32)],
+        spec: &Arc<SearchSpec>,
+    ) -> Result<v1::SearchResponse, Error> {
+        let replicas = partitions
+            .iter()
+            .map(|(topic, p)| self.node.topics.get(topic)?.partition(*p).cloned())
+            .collect::<Result<Vec<_>, _>>()?;
+        futures_util::future::join_all(replicas.iter().filter_map(|p| {
             let index = p.search()?;
             Some(index.wait_searchable(p.high_watermark(), FRESH_WAIT))
         }))
         .await;
-        tokio::task::spawn_blocking(move || {
-            partitions
+        let blocking_spec = spec.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            replicas
                 .iter()
-                .map(|p| search_replica(p, &spec))
+                .map(|p| search_replica(p, &blocking_spec))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("search task failed: {e}")))?
+        .map_err(|e| Error::Unavailable(format!("search task failed: {e}")))??;
+        let mut merged = Merged::default();
+        for f in found {
+            merged.add_found(f);
+        }
+        Ok(merged.finish(spec))
     }
 
     /// The partitions a search covers, by topic: the named topics, or every indexed one.
@@ -298,7 +298,6 @@ impl Api {
     async fn search_inner(&self, request: v1::SearchRequest) -> Result<v1::SearchResponse, Error> {
         self.check_serving()?;
         let spec = Arc::new(spec_of(&request)?);
-        let mut merged = Merged::default();
         if !request.partitions.is_empty() {
             // Another node's share: this node's replicas, as they are.
             let wanted: Vec<(Arc<str>, u32)> = request
@@ -306,11 +305,7 @@ impl Api {
                 .iter()
                 .map(|p| (Arc::from(p.topic.as_str()), p.partition))
                 .collect();
-            let replicas = self.local_replicas(&wanted)?;
-            for found in self.search_local(replicas, spec.clone()).await? {
-                merged.add_found(found);
-            }
-            return Ok(merged.finish(&spec));
+            return self.search_here(&wanted, &spec).await;
         }
         let own = self.node.cluster.node_id();
         let mut by_node: BTreeMap<u64, Vec<Target>> = BTreeMap::new();
@@ -326,21 +321,13 @@ impl Api {
                 (node, parts, answer)
             }
         });
-        let (local_found, remote_answers) = tokio::join!(
-            self.search_local(
-                self.local_replicas(
-                    &local
-                        .iter()
-                        .map(|(t, p, _)| (t.clone(), *p))
-                        .collect::<Vec<_>>()
-                )?,
-                spec.clone()
-            ),
+        let local: Vec<(Arc<str>, u32)> = local.into_iter().map(|(t, p, _)| (t, p)).collect();
+        let (here, remote_answers) = tokio::join!(
+            self.search_here(&local, &spec),
             futures_util::future::join_all(remote)
         );
-        for found in local_found? {
-            merged.add_found(found);
-        }
+        let mut merged = Merged::default();
+        merged.add_response(here?);
         for (node, parts, answer) in remote_answers {
             match answer {
                 Ok(r) => merged.add_response(r),
@@ -372,12 +359,7 @@ impl Api {
     ) -> Result<v1::SearchResponse, Error> {
         let own = self.node.cluster.node_id();
         if replicas.contains(&own) {
-            let replicas = self.local_replicas(&[(topic.clone(), p)])?;
-            let mut merged = Merged::default();
-            for found in self.search_local(replicas, spec.clone()).await? {
-                merged.add_found(found);
-            }
-            return Ok(merged.finish(spec));
+            return self.search_here(&[(topic.clone(), p)], spec).await;
         }
         let mut last = Error::Unavailable(format!("no replica of {topic}/{p} answered"));
         for &node in replicas.iter().filter(|n| **n != failed) {

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::json;
 use strata_client::{ConsumerRecord, StartAt};
 
 use super::connect;
@@ -41,13 +40,14 @@ pub struct Args {
 }
 
 fn record_json(r: &ConsumerRecord) -> serde_json::Value {
-    let text = |b: &bytes::Bytes| String::from_utf8_lossy(b).into_owned();
-    let value = r
-        .value
-        .as_ref()
-        .map(|v| serde_json::from_slice::<serde_json::Value>(v).unwrap_or_else(|_| json!(text(v))));
-    json!({"topic": &*r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
-           "key": r.key.as_ref().map(text), "value": value})
+    output::record_json(
+        &r.topic,
+        r.partition,
+        r.offset,
+        r.timestamp,
+        r.key.as_deref(),
+        r.value.as_deref(),
+    )
 }
 
 /// Runs `strata consume`.

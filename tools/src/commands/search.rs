@@ -78,13 +78,14 @@ fn time_text(ms: i64) -> String {
 }
 
 fn hit_json(h: &SearchHit) -> serde_json::Value {
-    let text = |b: &bytes::Bytes| String::from_utf8_lossy(b).into_owned();
-    let value = h
-        .value
-        .as_ref()
-        .map(|v| serde_json::from_slice::<serde_json::Value>(v).unwrap_or_else(|_| json!(text(v))));
-    let mut out = json!({"topic": h.topic, "partition": h.partition, "offset": h.offset,
-           "timestamp": h.timestamp_ms, "key": h.key.as_ref().map(text), "value": value});
+    let mut out = output::record_json(
+        &h.topic,
+        h.partition,
+        h.offset,
+        h.timestamp_ms,
+        h.key.as_deref(),
+        h.value.as_deref(),
+    );
     if h.score > 0.0 {
         out["score"] = json!(h.score);
     }
