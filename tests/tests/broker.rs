@@ -348,7 +348,7 @@ async fn t10_group_splits_rebalances_and_resumes_after_restart() {
             .topic("orders")
             .start_at(StartAt::Earliest)
             .auto_commit(None)
-            .session_timeout(Duration::from_secs(3))
+            .session_timeout(Duration::from_secs(10))
             .build()
             .await
             .unwrap();

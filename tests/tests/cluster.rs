@@ -1662,6 +1662,19 @@ async fn t51_indexes_survive_kills_and_are_rebuilt_from_the_log() {
     })
     .await;
     cluster.kill(victim);
+    // With that leader dead, each other node still answers for both partitions (the dead
+    // node's share from a replica of its own or another).
+    for node in cluster.nodes.iter().filter(|n| n.id != victim) {
+        let r = cluster
+            .client_of(node.id)
+            .await
+            .search()
+            .run(strata_client::SearchQuery::new("*").count_only())
+            .await
+            .unwrap();
+        assert_eq!(r.partitions, 2, "node {}", node.id);
+        assert!(r.total > 0, "node {}", node.id);
+    }
     // Another node loses its index directories while it is down.
     let other = cluster
         .nodes

@@ -38,6 +38,8 @@ pub enum SearchOrder {
     TimeAsc,
     /// Best match first.
     Score,
+    /// Lowest offset first.
+    OffsetAsc,
 }
 
 /// A search, as every partition runs it.
@@ -363,6 +365,14 @@ fn run(
                     Count,
                     top.order_by_fast_field::<DateTime>("timestamp", order),
                 ),
+            )?;
+            out.total = n as u64;
+            hits.into_iter().map(|(_, a)| (0.0, a)).collect()
+        }
+        SearchOrder::OffsetAsc => {
+            let (n, hits) = searcher.search(
+                &query,
+                &(Count, top.order_by_fast_field::<u64>("offset", Order::Asc)),
             )?;
             out.total = n as u64;
             hits.into_iter().map(|(_, a)| (0.0, a)).collect()

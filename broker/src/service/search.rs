@@ -44,6 +44,7 @@ fn order_of(o: i32) -> SearchOrder {
         v1::SearchOrder::TimeDesc => SearchOrder::TimeDesc,
         v1::SearchOrder::TimeAsc => SearchOrder::TimeAsc,
         v1::SearchOrder::Score => SearchOrder::Score,
+        v1::SearchOrder::OffsetAsc => SearchOrder::OffsetAsc,
     }
 }
 
@@ -131,8 +132,13 @@ fn search_replica(partition: &Arc<Partition>, spec: &SearchSpec) -> Result<Found
             records: Vec::new(),
         });
     };
-    let hits = search::query::search(&snapshot, start, spec).map_err(Error::InvalidArgument)?;
+    let mut hits = search::query::search(&snapshot, start, spec).map_err(Error::InvalidArgument)?;
     let records = records(partition, &hits.hits)?;
+    // Hits whose records retention deleted since the search ran are not counted either, so
+    // an answer never has fewer hits than its limit and its total allow.
+    hits.total = hits
+        .total
+        .saturating_sub((hits.hits.len() - records.len()) as u64);
     Ok(Found {
         not_indexed: high_watermark.saturating_sub(snapshot.upto.max(start)),
         hits,
@@ -159,6 +165,9 @@ fn sort_hits(hits: &mut [v1::SearchHit], order: SearchOrder) {
                 .then_with(|| b.timestamp_ms.cmp(&a.timestamp_ms))
                 .then_with(|| tie(a, b))
         }),
+        SearchOrder::OffsetAsc => {
+            hits.sort_by(|a, b| a.offset.cmp(&b.offset).then_with(|| tie(a, b)))
+        }
     }
 }
 

@@ -1,11 +1,11 @@
 //! `strata search QUERY`: find events, count them, chart them over time, or follow new ones.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, UNIX_EPOCH};
 
 use roaring::RoaringTreemap;
 use serde_json::json;
-use strata_client::{SearchHit, SearchOrder, SearchQuery, SearchResult};
+use strata_client::{Client, ErrorCode, SearchHit, SearchOrder, SearchQuery, SearchResult};
 
 use super::connect;
 use crate::output;
@@ -13,9 +13,8 @@ use crate::units::{now_ms, parse_duration};
 
 /// How often `--follow` asks for new matches.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
-/// `--follow` looks this far behind the newest match it printed, for events whose
-/// timestamps arrive a little out of order.
-const FOLLOW_SLACK_MS: i64 = 10_000;
+/// Matches a `--follow` query asks for at once; a full page is followed by the next at once.
+const FOLLOW_PAGE: u32 = 1_000;
 
 /// `strata search` options.
 #[derive(Debug, clap::Args)]
@@ -38,7 +37,8 @@ pub struct Args {
     /// Most hits shown.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
-    /// Order: `time` (newest first), `time-asc` or `score` (best match first).
+    /// Order: `time` (newest first), `time-asc`, `score` (best match first) or `offset`
+    /// (lowest offset first, in each partition the order they were written).
     #[arg(long, default_value = "time", value_parser = parse_order)]
     pub order: SearchOrder,
     /// Only print how many events match.
@@ -57,7 +57,10 @@ fn parse_order(text: &str) -> Result<SearchOrder, String> {
         "time" | "time-desc" => Ok(SearchOrder::TimeDesc),
         "time-asc" => Ok(SearchOrder::TimeAsc),
         "score" => Ok(SearchOrder::Score),
-        other => Err(format!("unknown order `{other}` (time, time-asc or score)")),
+        "offset" => Ok(SearchOrder::OffsetAsc),
+        other => Err(format!(
+            "unknown order `{other}` (time, time-asc, score or offset)"
+        )),
     }
 }
 
@@ -203,33 +206,145 @@ pub async fn run(args: Args, brokers: &str, json: bool) -> anyhow::Result<()> {
         print_result(&result, &args, json);
         return Ok(());
     }
-    // Follow: the latest matches first (oldest of them first), then whatever is new.
-    let first = search
-        .run(query(from, SearchOrder::TimeDesc, args.limit))
-        .await?;
-    let mut seen: HashMap<(String, u32), RoaringTreemap> = HashMap::new();
-    let mut newest = from.unwrap_or(0);
-    let mut show = |hits: Vec<SearchHit>, newest: &mut i64| {
-        for h in hits {
-            let offsets = seen.entry((h.topic.clone(), h.partition)).or_default();
-            if offsets.insert(h.offset) {
-                *newest = (*newest).max(h.timestamp_ms);
-                print_hit(&h, json);
-            }
+    follow(
+        &client,
+        &args,
+        query(from, SearchOrder::TimeDesc, args.limit),
+        json,
+    )
+    .await
+}
+
+/// The topics `--follow` follows: the ones named, or every indexed topic.
+async fn followed_topics(client: &Client, named: &[String]) -> anyhow::Result<Vec<String>> {
+    if !named.is_empty() {
+        return Ok(named.to_vec());
+    }
+    Ok(client
+        .admin()
+        .list_topics()
+        .await?
+        .into_iter()
+        .filter(|t| !t.spec.search_disabled)
+        .map(|t| t.name)
+        .collect())
+}
+
+/// The follow query of one topic: the user's, at or after each partition's next offset.
+fn follow_query(user: &str, next: &BTreeMap<u32, u64>) -> String {
+    let bounds = next
+        .iter()
+        .map(|(p, n)| format!("(partition:{p} AND offset:>={n})"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    match user.trim() {
+        "" | "*" => bounds,
+        user => format!("({user}) AND ({bounds})"),
+    }
+}
+
+/// `--follow`: the newest matches (printed oldest first), then every new match once, in the
+/// order each partition wrote them. Each partition is followed from its high watermark when
+/// the command started (a topic that appears later: from its start). A query per topic asks
+/// for the matches at or after each partition's next offset, lowest offset first: a page
+/// that the limit cuts short still holds a prefix of every partition's new matches, so the
+/// next offsets move past exactly what was printed and nothing is skipped or repeated.
+async fn follow(
+    client: &Client,
+    args: &Args,
+    newest: SearchQuery,
+    json: bool,
+) -> anyhow::Result<()> {
+    let search = client.search();
+    let mut next: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    for topic in followed_topics(client, &args.topic).await? {
+        let described = client.admin().describe_topic(&topic).await?;
+        let offsets = described
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.high_watermark))
+            .collect();
+        next.insert(topic, offsets);
+    }
+    // The newest matches; those at or after a start offset are remembered so that the
+    // follow queries do not print them again.
+    let first = search.run(newest).await?;
+    let mut printed: HashMap<(String, u32), RoaringTreemap> = HashMap::new();
+    for h in first.hits.iter().rev() {
+        print_hit(h, json);
+        let start = next.get(&h.topic).and_then(|p| p.get(&h.partition));
+        if start.is_some_and(|n| h.offset >= *n) {
+            printed
+                .entry((h.topic.clone(), h.partition))
+                .or_default()
+                .insert(h.offset);
         }
-    };
-    let mut hits = first.hits;
-    hits.reverse();
-    show(hits, &mut newest);
+    }
+    let mut warned = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-        let since = (newest - FOLLOW_SLACK_MS).max(from.unwrap_or(i64::MIN));
-        let result = search
-            .run(query(Some(since), SearchOrder::TimeAsc, 10_000))
-            .await?;
-        show(result.hits, &mut newest);
+        if args.topic.is_empty() {
+            for topic in followed_topics(client, &[]).await.unwrap_or_default() {
+                if !next.contains_key(&topic)
+                    && let Ok(described) = client.admin().describe_topic(&topic).await
+                {
+                    let offsets = described
+                        .partitions
+                        .iter()
+                        .map(|p| (p.partition, 0))
+                        .collect();
+                    next.insert(topic, offsets);
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for (topic, offsets) in next.iter_mut() {
+            loop {
+                let mut q = SearchQuery::new(follow_query(&args.query, offsets))
+                    .topic(topic.as_str())
+                    .order(SearchOrder::OffsetAsc)
+                    .limit(FOLLOW_PAGE);
+                if let Some(to) = args.to {
+                    q = q.to_ms(to);
+                }
+                let result = match search.run(q).await {
+                    Ok(r) => r,
+                    Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {
+                        gone.push(topic.clone());
+                        break;
+                    }
+                    Err(e) if e.is_retriable() || matches!(e, strata_client::Error::Rpc(_)) => {
+                        if !warned {
+                            eprintln!("warning: {e}; retrying");
+                            warned = true;
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                warned = false;
+                let full = result.hits.len() >= FOLLOW_PAGE as usize;
+                for h in result.hits {
+                    let n = offsets.entry(h.partition).or_insert(0);
+                    *n = (*n).max(h.offset + 1);
+                    let seen = printed
+                        .get_mut(&(h.topic.clone(), h.partition))
+                        .is_some_and(|s| s.remove(h.offset));
+                    if !seen {
+                        print_hit(&h, json);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        for topic in gone {
+            eprintln!("topic `{topic}` was deleted; no longer following it");
+            next.remove(&topic);
+        }
     }
 }
