@@ -163,6 +163,23 @@ impl Cluster {
         self.state.borrow().address_of(node)
     }
 
+    /// A gRPC channel to `node`: the connection its Raft traffic uses when it is a peer
+    /// (no new connection and handshake per call), else a new one to its known address.
+    pub async fn channel_to(&self, node: u64) -> Result<tonic::transport::Channel> {
+        if let Some(channel) = self.env.router.channel(node) {
+            return Ok(channel);
+        }
+        let address = self
+            .address_of(node)
+            .ok_or_else(|| Error::Unavailable(format!("node {node} has no known address")))?;
+        tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))
+    }
+
     /// Applies `command` through the controller, from whichever node leads it; retries
     /// while there is no leader, up to `timeout`.
     pub async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandResult> {

@@ -185,6 +185,8 @@ impl Metrics {
             search_commits,
             search_rebuilds,
         ] = std::array::from_fn(|_| Family::<PartitionLabel, Gauge>::default());
+        let search_commit_seconds =
+            Family::<PartitionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let mut count = 0;
         for topic in topics.all() {
             for p in &topic.partitions {
@@ -216,6 +218,9 @@ impl Metrics {
                     search_rebuilds
                         .get_or_create(&label)
                         .set(c.rebuilds.load(Relaxed) as i64);
+                    search_commit_seconds
+                        .get_or_create(&label)
+                        .set(c.commit_micros.load(Relaxed) as f64 / 1e6);
                 }
                 p.with_aggs(|aggs| {
                     for running in aggs.running.values() {
@@ -304,6 +309,11 @@ impl Metrics {
             "search_commits",
             "Search index commits since the node started",
             search_commits,
+        );
+        scrape.register(
+            "search_commit_seconds",
+            "Time spent in search index commits since the node started (with search_commits: the mean commit time)",
+            search_commit_seconds,
         );
         scrape.register(
             "search_rebuilds",

@@ -39,6 +39,7 @@ struct RouterInner {
 #[derive(Clone)]
 struct Peer {
     address: String,
+    channel: Channel,
     client: RaftClient<Channel>,
 }
 
@@ -97,13 +98,31 @@ impl Router {
                     .keep_alive_timeout(Duration::from_secs(5))
                     .keep_alive_while_idle(true)
                     .connect_lazy();
-                let client = RaftClient::new(channel)
+                let client = RaftClient::new(channel.clone())
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX);
-                peers.insert(id, Peer { address, client });
+                peers.insert(
+                    id,
+                    Peer {
+                        address,
+                        channel,
+                        client,
+                    },
+                );
             }
             Err(e) => tracing::error!(peer = id, %address, error = %e, "invalid peer address"),
         }
+    }
+
+    /// The shared connection to `target`, for other node-to-node calls (search and
+    /// aggregation queries) to reuse.
+    pub fn channel(&self, target: u64) -> Option<Channel> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&target)
+            .map(|p| p.channel.clone())
     }
 
     fn client(&self, target: u64) -> Result<RaftClient<Channel>, RaftError> {

@@ -66,6 +66,8 @@ pub struct IndexCounters {
     pub bytes: AtomicU64,
     /// Commits made.
     pub commits: AtomicU64,
+    /// Microseconds spent committing (and reloading the searcher).
+    pub commit_micros: AtomicU64,
     /// Times the index was rebuilt from the log.
     pub rebuilds: AtomicU64,
 }
@@ -407,6 +409,7 @@ impl Writer {
             deleted_below: self.deleted_below,
         })
         .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
+        let started = Instant::now();
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
@@ -416,6 +419,9 @@ impl Writer {
         self.first_pending = None;
         self.deletes_pending = false;
         counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
     }
 

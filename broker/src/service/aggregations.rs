@@ -217,15 +217,12 @@ impl Api {
             let mut last = Error::Unavailable(format!("partition {p} has no replicas"));
             let mut answered = None;
             for &node in replicas {
-                let Some(address) = cluster.address_of(node) else {
-                    continue;
-                };
                 let partial = v1::QueryAggregationRequest {
                     partial: true,
                     partitions: vec![p],
                     ..request.clone()
                 };
-                match partial_query(node, &address, partial).await {
+                match partial_query(&self.node.cluster, node, partial).await {
                     Ok(answer) => {
                         answered = Some(answer);
                         break;
@@ -297,15 +294,14 @@ impl Api {
 
 /// Asks `node` for its replicas' partial windows.
 async fn partial_query(
+    cluster: &crate::cluster::Cluster,
     node: u64,
-    address: &str,
     request: v1::QueryAggregationRequest,
 ) -> Result<v1::QueryAggregationResponse, Error> {
     tokio::time::timeout(PARTIAL_TIMEOUT, async {
-        let mut rpc =
-            v1::aggregations_client::AggregationsClient::connect(format!("http://{address}"))
-                .await
-                .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))?;
+        let channel = cluster.channel_to(node).await?;
+        let mut rpc = v1::aggregations_client::AggregationsClient::new(channel)
+            .max_decoding_message_size(usize::MAX);
         rpc.query(request)
             .await
             .map(tonic::Response::into_inner)

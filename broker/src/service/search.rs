@@ -32,11 +32,10 @@ const PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A partition to search: topic, partition, replicas (the preferred leader first).
 type Target = (Arc<str>, u32, Vec<u64>);
 
-/// What one partition contributed.
+/// What one partition contributed (before its hits are read from the log).
 struct Found {
     hits: PartitionHits,
     not_indexed: u64,
-    records: Vec<v1::SearchHit>,
 }
 
 fn order_of(o: i32) -> SearchOrder {
@@ -86,32 +85,57 @@ fn spec_of(request: &v1::SearchRequest) -> Result<SearchSpec, Error> {
     })
 }
 
-/// Reads the records of `hits` from the partition's log.
+/// Reads the records of `hits` from the partition's log, each batch once (hits come back in
+/// the order given; those whose records retention deleted since the search are left out).
 fn records(partition: &Partition, hits: &[LocalHit]) -> Result<Vec<v1::SearchHit>, Error> {
-    let mut out = Vec::with_capacity(hits.len());
-    for hit in hits {
-        let fetched = match partition.read(hit.offset, 1) {
+    let mut by_offset: Vec<usize> = (0..hits.len()).collect();
+    by_offset.sort_unstable_by_key(|&i| hits[i].offset);
+    let mut out: Vec<Option<v1::SearchHit>> = vec![None; hits.len()];
+    let mut next = 0;
+    while next < by_offset.len() {
+        let wanted = hits[by_offset[next]].offset;
+        let fetched = match partition.read(wanted, 1) {
             Ok(f) => f,
             // Deleted by retention since the search ran.
-            Err(Error::OffsetOutOfRange { .. }) => continue,
+            Err(Error::OffsetOutOfRange { .. }) => {
+                next += 1;
+                continue;
+            }
             Err(e) => return Err(e),
         };
-        let record = fetched.batches.into_iter().find_map(|raw| {
-            let batch = RecordBatch::from_bytes(raw).ok()?;
-            let found = batch.records().find(|r| r.offset == hit.offset)?;
-            Some(v1::SearchHit {
-                topic: partition.topic().to_string(),
-                partition: partition.id(),
-                offset: hit.offset,
-                timestamp_ms: found.timestamp,
-                key: found.key.map(|k| batch.share(k)),
-                value: found.value.map(|v| batch.share(v)),
-                score: hit.score,
-            })
-        });
-        out.extend(record);
+        let before = next;
+        for raw in fetched.batches {
+            let Ok(batch) = RecordBatch::from_bytes(raw) else {
+                continue;
+            };
+            // One pass over the batch serves every hit in it.
+            for record in batch.records() {
+                while next < by_offset.len() && hits[by_offset[next]].offset < record.offset {
+                    next += 1;
+                }
+                let Some(&i) = by_offset.get(next) else {
+                    break;
+                };
+                if hits[i].offset == record.offset {
+                    out[i] = Some(v1::SearchHit {
+                        topic: partition.topic().to_string(),
+                        partition: partition.id(),
+                        offset: record.offset,
+                        timestamp_ms: record.timestamp,
+                        key: record.key.map(|k| batch.share(k)),
+                        value: record.value.map(|v| batch.share(v)),
+                        score: hits[i].score,
+                    });
+                    next += 1;
+                }
+            }
+        }
+        if next == before {
+            // Not where the log said (cannot happen with a sound log): skip it.
+            next += 1;
+        }
     }
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// Runs `spec` on this node's replica of a partition, as it is.
@@ -129,20 +153,12 @@ fn search_replica(partition: &Arc<Partition>, spec: &SearchSpec) -> Result<Found
         return Ok(Found {
             hits: PartitionHits::default(),
             not_indexed: high_watermark.saturating_sub(start),
-            records: Vec::new(),
         });
     };
-    let mut hits = search::query::search(&snapshot, start, spec).map_err(Error::InvalidArgument)?;
-    let records = records(partition, &hits.hits)?;
-    // Hits whose records retention deleted since the search ran are not counted either, so
-    // an answer never has fewer hits than its limit and its total allow.
-    hits.total = hits
-        .total
-        .saturating_sub((hits.hits.len() - records.len()) as u64);
+    let hits = search::query::search(&snapshot, start, spec).map_err(Error::InvalidArgument)?;
     Ok(Found {
         not_indexed: high_watermark.saturating_sub(snapshot.upto.max(start)),
         hits,
-        records,
     })
 }
 
@@ -182,14 +198,25 @@ struct Merged {
 }
 
 impl Merged {
-    fn add_found(&mut self, found: Found) {
+    /// Adds a partition's counts; its hits go in without key and value, to be read from the
+    /// log once the merge has picked them.
+    fn add_found(&mut self, partition: &Partition, found: Found) {
         self.total += found.hits.total;
         for (k, v) in found.hits.histogram {
             *self.histogram.entry(k).or_default() += v;
         }
         self.partitions += 1;
         self.not_indexed += found.not_indexed;
-        self.hits.extend(found.records);
+        self.hits
+            .extend(found.hits.hits.into_iter().map(|h| v1::SearchHit {
+                topic: partition.topic().to_string(),
+                partition: partition.id(),
+                offset: h.offset,
+                timestamp_ms: h.timestamp,
+                key: None,
+                value: None,
+                score: h.score,
+            }));
     }
 
     fn add_response(&mut self, r: v1::SearchResponse) {
@@ -238,19 +265,49 @@ impl Api {
             Some(index.wait_searchable(p.high_watermark(), FRESH_WAIT))
         }))
         .await;
-        let blocking_spec = spec.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            replicas
-                .iter()
-                .map(|p| search_replica(p, &blocking_spec))
-                .collect::<Result<Vec<_>, _>>()
+        // Each replica on the blocking pool, in parallel.
+        let found = futures_util::future::join_all(replicas.iter().map(|p| {
+            let (p, spec) = (p.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || search_replica(&p, &spec))
+        }))
+        .await;
+        let mut merged = Merged::default();
+        for (p, f) in replicas.iter().zip(found) {
+            let f = f.map_err(|e| Error::Unavailable(format!("search task failed: {e}")))??;
+            merged.add_found(p, f);
+        }
+        // Only the hits that make the answer are read from the logs.
+        sort_hits(&mut merged.hits, spec.order);
+        merged
+            .hits
+            .truncate(if spec.count_only { 0 } else { spec.limit });
+        let picked = std::mem::take(&mut merged.hits);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(picked.len());
+            let mut dropped = 0u64;
+            for p in &replicas {
+                let mine: Vec<LocalHit> = picked
+                    .iter()
+                    .filter(|h| h.partition == p.id() && *h.topic == *p.topic())
+                    .map(|h| LocalHit {
+                        offset: h.offset,
+                        timestamp: h.timestamp_ms,
+                        score: h.score,
+                    })
+                    .collect();
+                let records = records(p, &mine)?;
+                dropped += (mine.len() - records.len()) as u64;
+                out.extend(records);
+            }
+            Ok::<_, Error>((out, dropped))
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("search task failed: {e}")))??;
-        let mut merged = Merged::default();
-        for f in found {
-            merged.add_found(f);
-        }
+        .map_err(|e| Error::Unavailable(format!("search task failed: {e}")))?;
+        let (hits, dropped) = read?;
+        merged.hits = hits;
+        // Hits whose records retention deleted since the search ran are not counted either,
+        // so an answer never has fewer hits than its limit and its total allow.
+        merged.total = merged.total.saturating_sub(dropped);
         Ok(merged.finish(spec))
     }
 
@@ -394,13 +451,6 @@ impl Api {
         parts: &[Target],
         request: v1::SearchRequest,
     ) -> Result<v1::SearchResponse, Error> {
-        let address = self
-            .node
-            .cluster
-            .state()
-            .borrow()
-            .address_of(node)
-            .ok_or_else(|| Error::Unavailable(format!("node {node} has no known address")))?;
         let request = v1::SearchRequest {
             topics: Vec::new(),
             partitions: parts
@@ -413,9 +463,10 @@ impl Api {
             ..request
         };
         tokio::time::timeout(PARTIAL_TIMEOUT, async {
-            let mut rpc = v1::search_client::SearchClient::connect(format!("http://{address}"))
-                .await
-                .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))?;
+            let channel = self.node.cluster.channel_to(node).await?;
+            // A share may hold up to MAX_LIMIT whole records.
+            let mut rpc = v1::search_client::SearchClient::new(channel)
+                .max_decoding_message_size(usize::MAX);
             rpc.search(request)
                 .await
                 .map(Response::into_inner)

@@ -35,6 +35,7 @@ pub enum BenchCommand {
     Consume(Args),
     /// Produce at --rate (default 10,000/s) while probe events are searched for; report
     /// time-to-search (acknowledgement to first hit), indexing catch-up and query latency.
+    /// With --count 0: only the query latencies over what the topic already holds.
     Search(Args),
     /// Produce at --rate while a consumer follows; report end-to-end latency.
     E2e(Args),
@@ -134,8 +135,10 @@ pub async fn run(command: BenchCommand, brokers: &str, json: bool) -> anyhow::Re
             if args.payload == PayloadArg::Bytes {
                 args.payload = PayloadArg::Json;
             }
-            ensure_topic(&client, &args).await?;
-            warm_up(&client, &args).await?;
+            if args.count != Some(0) {
+                ensure_topic(&client, &args).await?;
+                warm_up(&client, &args).await?;
+            }
             search_bench(&client, &args, json).await?;
         }
         BenchCommand::E2e(args) => {
@@ -560,6 +563,128 @@ async fn search_bench(client: &Client, args: &Args, json: bool) -> anyhow::Resul
     if load_args.count.is_none() && load_args.duration.is_none() {
         load_args.duration = Some(Duration::from_secs(30));
     }
+    let search = client.search();
+    let mut found = histogram();
+    // `--count 0`: no load and no probes, only the queries over what the topic holds.
+    let report = if args.count == Some(0) {
+        None
+    } else {
+        Some(time_to_search(client, args, load_args, &mut found).await?)
+    };
+    // Indexing catch-up after the load.
+    let drained = Instant::now();
+    let all = SearchQuery::new("*")
+        .topic(args.topic.as_str())
+        .count_only();
+    let total = loop {
+        let r = search.run(all.clone()).await?;
+        if r.not_indexed == 0 {
+            break r.total;
+        }
+        anyhow::ensure!(
+            drained.elapsed() < Duration::from_secs(600),
+            "indexing did not catch up in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let catch_up = drained.elapsed();
+    // Query latency over everything indexed.
+    let topic = args.topic.as_str();
+    let queries: [(&str, SearchQuery); 5] = [
+        (
+            "count of status:alarm",
+            SearchQuery::new("status:alarm").topic(topic).count_only(),
+        ),
+        (
+            "newest 50 of status:alarm AND site:lyon",
+            SearchQuery::new("status:alarm AND site:lyon")
+                .topic(topic)
+                .limit(50),
+        ),
+        (
+            "count of temperature:[30 TO *]",
+            SearchQuery::new("temperature:[30 TO *]")
+                .topic(topic)
+                .count_only(),
+        ),
+        (
+            "best 20 of the bare word sensor-0042",
+            SearchQuery::new("sensor-0042")
+                .topic(topic)
+                .limit(20)
+                .order(strata_client::SearchOrder::Score),
+        ),
+        (
+            "1 s histogram of status:alarm",
+            SearchQuery::new("status:alarm")
+                .topic(topic)
+                .count_only()
+                .histogram_ms(1000),
+        ),
+    ];
+    let mut measured = Vec::new();
+    for (name, query) in queries {
+        let mut h = histogram();
+        let mut matches = 0;
+        for _ in 0..20 {
+            let t = Instant::now();
+            matches = search.run(query.clone()).await?.total;
+            h.saturating_record(t.elapsed().as_micros() as u64);
+        }
+        let (p50, p99, _) = quantiles_ms(&h);
+        measured.push((name, matches, p50, p99));
+    }
+    let (f50, f99, fmax) = quantiles_ms(&found);
+    if json {
+        let queries: Vec<_> = measured
+            .iter()
+            .map(|(name, matches, p50, p99)| {
+                json!({"query": name, "matches": matches, "p50_ms": p50, "p99_ms": p99})
+            })
+            .collect();
+        output::json(&json!({"mode": "search", "topic": args.topic,
+            "records": report.as_ref().map_or(0, |r| r.records),
+            "records_per_sec": report.as_ref().map_or(0.0, |r| r.records as f64 / r.seconds.max(1e-9)),
+            "probes": found.len(),
+            "time_to_search": {"p50_ms": f50, "p99_ms": f99, "max_ms": fmax},
+            "indexed_events": total, "catch_up_ms": catch_up.as_secs_f64() * 1000.0,
+            "queries": queries}));
+    } else {
+        if let Some(report) = &report {
+            println!(
+                "load: {} records in {:.1}s ({:.0} records/s, {} bytes each)",
+                report.records,
+                report.seconds,
+                report.records as f64 / report.seconds.max(1e-9),
+                args.record_size
+            );
+            println!(
+                "time to search (ack to first hit), {} probes: p50 {f50:.1} ms, p99 {f99:.1} ms, max {fmax:.1} ms",
+                found.len()
+            );
+        }
+        println!(
+            "indexing caught up {:.0} ms after the load ended; {total} events searchable",
+            catch_up.as_secs_f64() * 1000.0
+        );
+        for (name, matches, p50, p99) in measured {
+            println!(
+                "query over {total} events, {name} ({matches} matches): p50 {p50:.1} ms, p99 {p99:.1} ms"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The load and the probes of `bench search`: records the time from each probe's
+/// acknowledgement to the first search that finds it.
+async fn time_to_search(
+    client: &Client,
+    args: &Args,
+    load_args: Args,
+    found: &mut Histogram<u64>,
+) -> anyhow::Result<Report> {
+    use strata_client::SearchQuery;
     let load = {
         let (client, load_args) = (client.clone(), load_args.clone());
         tokio::spawn(async move { produce(&client, &load_args, true, None).await })
@@ -567,7 +692,6 @@ async fn search_bench(client: &Client, args: &Args, json: bool) -> anyhow::Resul
     let search = client.search();
     let probes = client.producer().linger(Duration::ZERO).build();
     let run = format!("{:x}", now_us());
-    let mut found = histogram();
     let mut probe = 0u64;
     while !load.is_finished() {
         probe += 1;
@@ -596,74 +720,5 @@ async fn search_bench(client: &Client, args: &Args, json: bool) -> anyhow::Resul
     }
     let report = load.await??;
     probes.close().await?;
-    // Indexing catch-up after the load.
-    let drained = Instant::now();
-    let all = SearchQuery::new("*")
-        .topic(args.topic.as_str())
-        .count_only();
-    let total = loop {
-        let r = search.run(all.clone()).await?;
-        if r.not_indexed == 0 {
-            break r.total;
-        }
-        anyhow::ensure!(
-            drained.elapsed() < Duration::from_secs(600),
-            "indexing did not catch up in 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let catch_up = drained.elapsed();
-    // Query latency over everything indexed: a term query, counted and with 50 hits.
-    let mut counted = histogram();
-    let mut hits = histogram();
-    for _ in 0..20 {
-        let t = Instant::now();
-        search
-            .run(
-                SearchQuery::new("status:alarm")
-                    .topic(args.topic.as_str())
-                    .count_only(),
-            )
-            .await?;
-        counted.saturating_record(t.elapsed().as_micros() as u64);
-        let t = Instant::now();
-        search
-            .run(
-                SearchQuery::new("status:alarm AND site:oslo")
-                    .topic(args.topic.as_str())
-                    .limit(50),
-            )
-            .await?;
-        hits.saturating_record(t.elapsed().as_micros() as u64);
-    }
-    let rate = report.records as f64 / report.seconds.max(1e-9);
-    let (f50, f99, fmax) = quantiles_ms(&found);
-    let (c50, c99, _) = quantiles_ms(&counted);
-    let (h50, h99, _) = quantiles_ms(&hits);
-    if json {
-        output::json(
-            &json!({"mode": "search", "topic": args.topic, "records": report.records,
-            "records_per_sec": rate, "probes": found.len(),
-            "time_to_search": {"p50_ms": f50, "p99_ms": f99, "max_ms": fmax},
-            "indexed_events": total, "catch_up_ms": catch_up.as_secs_f64() * 1000.0,
-            "count_query": {"p50_ms": c50, "p99_ms": c99}, "top50_query": {"p50_ms": h50, "p99_ms": h99}}),
-        );
-    } else {
-        println!(
-            "load: {} records in {:.1}s ({rate:.0} records/s, {} bytes each)",
-            report.records, report.seconds, args.record_size
-        );
-        println!(
-            "time to search (ack to first hit), {} probes: p50 {f50:.1} ms, p99 {f99:.1} ms, max {fmax:.1} ms",
-            found.len()
-        );
-        println!(
-            "indexing caught up {:.0} ms after the load ended; {total} events searchable",
-            catch_up.as_secs_f64() * 1000.0
-        );
-        println!(
-            "query over {total} events: count of status:alarm p50 {c50:.1} ms, p99 {c99:.1} ms; top 50 of status:alarm AND site:oslo p50 {h50:.1} ms, p99 {h99:.1} ms"
-        );
-    }
-    Ok(())
+    Ok(report)
 }
