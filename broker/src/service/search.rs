@@ -465,8 +465,8 @@ impl Api {
         tokio::time::timeout(PARTIAL_TIMEOUT, async {
             let channel = self.node.cluster.channel_to(node).await?;
             // A share may hold up to MAX_LIMIT whole records.
-            let mut rpc = v1::search_client::SearchClient::new(channel)
-                .max_decoding_message_size(usize::MAX);
+            let mut rpc =
+                v1::search_client::SearchClient::new(channel).max_decoding_message_size(usize::MAX);
             rpc.search(request)
                 .await
                 .map(Response::into_inner)
