@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use crate::error::Error;
 use crate::partition::Partition;
-use crate::search::{self, LocalHit, PartitionHits, SearchOrder, SearchSpec};
+use crate::search::{self, PartitionHits, SearchOrder, SearchSpec};
 
 /// Hits returned when the request says 0.
 const DEFAULT_LIMIT: u32 = 20;
@@ -85,16 +85,14 @@ fn spec_of(request: &v1::SearchRequest) -> Result<SearchSpec, Error> {
     })
 }
 
-/// Reads the records of `hits` from the partition's log, each batch once (hits come back in
-/// the order given; those whose records retention deleted since the search are left out).
-fn records(partition: &Partition, hits: &[LocalHit]) -> Result<Vec<v1::SearchHit>, Error> {
-    let mut by_offset: Vec<usize> = (0..hits.len()).collect();
-    by_offset.sort_unstable_by_key(|&i| hits[i].offset);
-    let mut out: Vec<Option<v1::SearchHit>> = vec![None; hits.len()];
+/// Reads the key and value of `hits` (all of this partition, in any order) from its log,
+/// each batch once. Hits whose records retention deleted since the search are removed.
+fn read_records(partition: &Partition, hits: &mut Vec<v1::SearchHit>) -> Result<(), Error> {
+    hits.sort_unstable_by_key(|h| h.offset);
+    let mut found = vec![false; hits.len()];
     let mut next = 0;
-    while next < by_offset.len() {
-        let wanted = hits[by_offset[next]].offset;
-        let fetched = match partition.read(wanted, 1) {
+    while next < hits.len() {
+        let fetched = match partition.read(hits[next].offset, 1) {
             Ok(f) => f,
             // Deleted by retention since the search ran.
             Err(Error::OffsetOutOfRange { .. }) => {
@@ -110,22 +108,17 @@ fn records(partition: &Partition, hits: &[LocalHit]) -> Result<Vec<v1::SearchHit
             };
             // One pass over the batch serves every hit in it.
             for record in batch.records() {
-                while next < by_offset.len() && hits[by_offset[next]].offset < record.offset {
+                while next < hits.len() && hits[next].offset < record.offset {
                     next += 1;
                 }
-                let Some(&i) = by_offset.get(next) else {
+                let Some(hit) = hits.get_mut(next) else {
                     break;
                 };
-                if hits[i].offset == record.offset {
-                    out[i] = Some(v1::SearchHit {
-                        topic: partition.topic().to_string(),
-                        partition: partition.id(),
-                        offset: record.offset,
-                        timestamp_ms: record.timestamp,
-                        key: record.key.map(|k| batch.share(k)),
-                        value: record.value.map(|v| batch.share(v)),
-                        score: hits[i].score,
-                    });
+                if hit.offset == record.offset {
+                    hit.timestamp_ms = record.timestamp;
+                    hit.key = record.key.map(|k| batch.share(k));
+                    hit.value = record.value.map(|v| batch.share(v));
+                    found[next] = true;
                     next += 1;
                 }
             }
@@ -135,7 +128,9 @@ fn records(partition: &Partition, hits: &[LocalHit]) -> Result<Vec<v1::SearchHit
             next += 1;
         }
     }
-    Ok(out.into_iter().flatten().collect())
+    let mut found = found.into_iter();
+    hits.retain(|_| found.next().unwrap_or(false));
+    Ok(())
 }
 
 /// Runs `spec` on this node's replica of a partition, as it is.
@@ -229,10 +224,15 @@ impl Merged {
         self.hits.extend(r.hits);
     }
 
-    fn finish(mut self, spec: &SearchSpec) -> v1::SearchResponse {
+    /// Keeps only the hits the answer returns, in its order.
+    fn keep_best(&mut self, spec: &SearchSpec) {
         sort_hits(&mut self.hits, spec.order);
         self.hits
             .truncate(if spec.count_only { 0 } else { spec.limit });
+    }
+
+    fn finish(mut self, spec: &SearchSpec) -> v1::SearchResponse {
+        self.keep_best(spec);
         v1::SearchResponse {
             hits: self.hits,
             total: self.total,
@@ -277,27 +277,19 @@ impl Api {
             merged.add_found(p, f);
         }
         // Only the hits that make the answer are read from the logs.
-        sort_hits(&mut merged.hits, spec.order);
-        merged
-            .hits
-            .truncate(if spec.count_only { 0 } else { spec.limit });
-        let picked = std::mem::take(&mut merged.hits);
+        merged.keep_best(spec);
+        let mut picked = std::mem::take(&mut merged.hits);
         let read = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(picked.len());
             let mut dropped = 0u64;
             for p in &replicas {
-                let mine: Vec<LocalHit> = picked
-                    .iter()
-                    .filter(|h| h.partition == p.id() && *h.topic == *p.topic())
-                    .map(|h| LocalHit {
-                        offset: h.offset,
-                        timestamp: h.timestamp_ms,
-                        score: h.score,
-                    })
+                let mut mine: Vec<v1::SearchHit> = picked
+                    .extract_if(.., |h| h.partition == p.id() && h.topic == p.topic())
                     .collect();
-                let records = records(p, &mine)?;
-                dropped += (mine.len() - records.len()) as u64;
-                out.extend(records);
+                let wanted = mine.len();
+                read_records(p, &mut mine)?;
+                dropped += (wanted - mine.len()) as u64;
+                out.append(&mut mine);
             }
             Ok::<_, Error>((out, dropped))
         })

@@ -558,18 +558,13 @@ fn quantiles_ms(h: &Histogram<u64>) -> (f64, f64, f64) {
 /// how long queries over the topic take.
 async fn search_bench(client: &Client, args: &Args, json: bool) -> anyhow::Result<()> {
     use strata_client::SearchQuery;
-    let mut load_args = args.clone();
-    load_args.rate = Some(args.rate.unwrap_or(10_000));
-    if load_args.count.is_none() && load_args.duration.is_none() {
-        load_args.duration = Some(Duration::from_secs(30));
-    }
     let search = client.search();
     let mut found = histogram();
     // `--count 0`: no load and no probes, only the queries over what the topic holds.
     let report = if args.count == Some(0) {
         None
     } else {
-        Some(time_to_search(client, args, load_args, &mut found).await?)
+        Some(time_to_search(client, args, &mut found).await?)
     };
     // Indexing catch-up after the load.
     let drained = Instant::now();
@@ -681,12 +676,16 @@ async fn search_bench(client: &Client, args: &Args, json: bool) -> anyhow::Resul
 async fn time_to_search(
     client: &Client,
     args: &Args,
-    load_args: Args,
     found: &mut Histogram<u64>,
 ) -> anyhow::Result<Report> {
     use strata_client::SearchQuery;
+    let mut load_args = args.clone();
+    load_args.rate = Some(args.rate.unwrap_or(10_000));
+    if load_args.count.is_none() && load_args.duration.is_none() {
+        load_args.duration = Some(Duration::from_secs(30));
+    }
     let load = {
-        let (client, load_args) = (client.clone(), load_args.clone());
+        let client = client.clone();
         tokio::spawn(async move { produce(&client, &load_args, true, None).await })
     };
     let search = client.search();

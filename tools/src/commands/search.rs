@@ -230,6 +230,21 @@ async fn followed_topics(client: &Client, named: &[String]) -> anyhow::Result<Ve
         .collect())
 }
 
+/// Where `--follow` starts in each partition of `topic`: its high watermark, or its start
+/// (offset 0) for a topic that appeared after the command started.
+async fn start_offsets(
+    client: &Client,
+    topic: &str,
+    at_end: bool,
+) -> strata_client::Result<BTreeMap<u32, u64>> {
+    let described = client.admin().describe_topic(topic).await?;
+    Ok(described
+        .partitions
+        .iter()
+        .map(|p| (p.partition, if at_end { p.high_watermark } else { 0 }))
+        .collect())
+}
+
 /// The follow query of one topic: the user's, at or after each partition's next offset.
 fn follow_query(user: &str, next: &BTreeMap<u32, u64>) -> String {
     let bounds = next
@@ -258,12 +273,7 @@ async fn follow(
     let search = client.search();
     let mut next: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
     for topic in followed_topics(client, &args.topic).await? {
-        let described = client.admin().describe_topic(&topic).await?;
-        let offsets = described
-            .partitions
-            .iter()
-            .map(|p| (p.partition, p.high_watermark))
-            .collect();
+        let offsets = start_offsets(client, &topic, true).await?;
         next.insert(topic, offsets);
     }
     // The newest matches; those at or after a start offset are remembered so that the
@@ -289,13 +299,8 @@ async fn follow(
         if args.topic.is_empty() {
             for topic in followed_topics(client, &[]).await.unwrap_or_default() {
                 if !next.contains_key(&topic)
-                    && let Ok(described) = client.admin().describe_topic(&topic).await
+                    && let Ok(offsets) = start_offsets(client, &topic, false).await
                 {
-                    let offsets = described
-                        .partitions
-                        .iter()
-                        .map(|p| (p.partition, 0))
-                        .collect();
                     next.insert(topic, offsets);
                 }
             }
