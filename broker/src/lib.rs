@@ -1,9 +1,11 @@
 //! # strata-broker
 //!
-//! A Strata node: topics split into partitions over the storage engine, the `strata.v1`
-//! gRPC services, consumer groups, and an operator HTTP endpoint. [`Broker::start`] runs a
-//! node in-process (tests and `strata dev` do); [`run`] runs one until a shutdown signal; the
-//! `strata-broker` binary wraps `run` with flags, a TOML file and environment variables.
+//! A Strata node: topics split into partitions over the storage engine, each partition a
+//! Raft group whose log is its storage log, windowed aggregations and search indexes kept up
+//! to date as records commit, consumer groups, and the `strata.v1` gRPC services.
+//! [`Broker::start`] runs a node in-process (tests and `strata dev` do); [`run`] runs one
+//! until a shutdown signal; the `strata-broker` binary wraps `run` with flags, a TOML file
+//! and environment variables.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), strata_broker::Error> {
@@ -15,37 +17,43 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: node settings, TOML, validation.
-//! - `server`: start, serve, background tasks (retention, group expiry), shutdown.
-//! - `node`: the state shared by services and tasks.
-//! - [`topics`]: topic metadata on disk and the topic registry; [`partition`]: a partition's
-//!   log, high watermark, append and read paths.
-//! - [`agg`]: windowed aggregations folded as batches are applied.
-//! - [`groups`]: consumer-group coordinator; `groups::membership` is the pure state machine,
-//!   `groups::assign` the range assignor.
-//! - `service`: the gRPC services; `service::status` maps errors to statuses.
-//! - `http`: `/health` and `/metrics`; `metrics`: the Prometheus registry.
-//! - `error`: [`Error`].
-//! - [`process`]: logging, signals and error reporting shared by the binaries.
+//! Bottom up; each module imports only those above it in this list, except where noted.
+//! ARCHITECTURE.md has a paragraph per module on what it may and may not import.
+//! - [`config`], [`error`](Error), `names` (naming rules), `lock`, [`process`]: the
+//!   ground floor.
+//! - [`raft`]: openraft glue only: the log store over a storage log, the state-machine
+//!   adapter over a domain [`raft::Machine`], snapshots, the group handle, the peer service
+//!   and network. It imports no domain module.
+//! - [`agg`]: windowed aggregations. Its pure half (definitions, state, the fold) is what
+//!   replicas apply; its tasks (`query`, `reconcile`, `emit`) run over the replicas.
+//! - [`search`]: the index handle, writer, schema and queries; its tasks (`feed`,
+//!   `scatter`) run over the replicas.
+//! - [`controller`]: the cluster's metadata state machine, commands and their validation,
+//!   topic settings, and proposing from any node ([`controller::Cluster`]).
+//! - [`replica`]: one partition replica: append (producer de-duplication), read, its state
+//!   machine (high watermark, producers, the aggregations' fold), retention.
+//! - [`topics`]: the topics and replicas this node holds, following the controller.
+//! - [`groups`]: the consumer-group coordinator.
+//! - `metrics`, `node` (the state shared by the front doors and tasks).
+//! - `api`: the front doors (`api::grpc`, `api::http`), converting and nothing more.
+//! - `server`: start, serve, background tasks, shutdown.
 #![forbid(unsafe_code)]
 
 pub mod agg;
-pub mod cluster;
+mod api;
 pub mod config;
+pub mod controller;
 mod error;
-mod fsutil;
 pub mod groups;
-mod http;
+mod lock;
 mod metrics;
 mod names;
 mod node;
-pub mod partition;
 pub mod process;
 pub mod raft;
+pub mod replica;
 pub mod search;
 mod server;
-mod service;
-mod sync;
 pub mod topics;
 
 pub use config::{Config, Fsync};

@@ -1,8 +1,11 @@
 //! Prometheus metrics of a node, served at `GET /metrics` (OpenMetrics text format).
 //!
-//! Request counters and latency histograms are updated on the request path; per-partition,
-//! per-group and per-aggregation values (log bytes, high watermark, group lag, events, late
-//! and skipped events, windows, watermark) are read when scraped.
+//! Request counters and latency histograms are updated on the request path (the gRPC
+//! services' `observe` layer labels every call `Service/Method`); per-partition, per-group
+//! and per-aggregation values (log bytes, high watermark, group lag, events, late and
+//! skipped events, windows, watermark, search documents and commits) are read when scraped.
+//! Values that only grow are counters (exposed with `_total`, so `rate()` works); values
+//! that go up and down are gauges.
 
 use std::time::Duration;
 
@@ -17,6 +20,9 @@ use prometheus_client::registry::Registry;
 use crate::groups::Coordinator;
 use crate::topics::Topics;
 
+/// A counter of seconds.
+type SecondsCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabel {
     topic: String,
@@ -24,12 +30,12 @@ struct TopicLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabel {
-    rpc: &'static str,
+    rpc: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabel {
-    rpc: &'static str,
+    rpc: String,
     code: String,
 }
 
@@ -147,18 +153,20 @@ impl Metrics {
         self.fetch_bytes.get_or_create(&label).inc_by(bytes);
     }
 
-    /// Records a request's latency.
-    pub fn observe(&self, rpc: &'static str, elapsed: Duration) {
+    /// Records a request's latency (`rpc`: `Service/Method`).
+    pub fn observe(&self, rpc: &str, elapsed: Duration) {
         self.latency
-            .get_or_create(&RpcLabel { rpc })
+            .get_or_create(&RpcLabel {
+                rpc: rpc.to_string(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a failed request.
-    pub fn failed(&self, rpc: &'static str, code: &str) {
+    /// Counts a failed request under its error code.
+    pub fn failed(&self, rpc: &str, code: &str) {
         self.errors
             .get_or_create(&ErrorLabel {
-                rpc,
+                rpc: rpc.to_string(),
                 code: code.to_string(),
             })
             .inc();
@@ -171,22 +179,15 @@ impl Metrics {
         let log_bytes = Family::<PartitionLabel, Gauge>::default();
         let high_watermark = Family::<PartitionLabel, Gauge>::default();
         let lag = Family::<GroupLabel, Gauge>::default();
-        let [
-            agg_events,
-            agg_late,
-            agg_skipped,
-            agg_windows,
-            agg_watermark,
-        ] = std::array::from_fn(|_| Family::<AggregationLabel, Gauge>::default());
-        let [
-            search_documents,
-            search_not_indexed,
-            search_indexed_bytes,
-            search_commits,
-            search_rebuilds,
-        ] = std::array::from_fn(|_| Family::<PartitionLabel, Gauge>::default());
-        let search_commit_seconds =
-            Family::<PartitionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let [agg_events, agg_late, agg_skipped] =
+            std::array::from_fn(|_| Family::<AggregationLabel, Counter>::default());
+        let [agg_windows, agg_watermark] =
+            std::array::from_fn(|_| Family::<AggregationLabel, Gauge>::default());
+        let [search_documents, search_not_indexed] =
+            std::array::from_fn(|_| Family::<PartitionLabel, Gauge>::default());
+        let [search_indexed_bytes, search_commits, search_rebuilds] =
+            std::array::from_fn(|_| Family::<PartitionLabel, Counter>::default());
+        let search_commit_seconds = Family::<PartitionLabel, SecondsCounter>::default();
         let mut count = 0;
         for topic in topics.all() {
             for p in &topic.partitions {
@@ -211,16 +212,16 @@ impl Metrics {
                     search_not_indexed.get_or_create(&label).set(behind as i64);
                     search_indexed_bytes
                         .get_or_create(&label)
-                        .set(c.bytes.load(Relaxed) as i64);
+                        .inc_by(c.bytes.load(Relaxed));
                     search_commits
                         .get_or_create(&label)
-                        .set(c.commits.load(Relaxed) as i64);
+                        .inc_by(c.commits.load(Relaxed));
                     search_rebuilds
                         .get_or_create(&label)
-                        .set(c.rebuilds.load(Relaxed) as i64);
+                        .inc_by(c.rebuilds.load(Relaxed));
                     search_commit_seconds
                         .get_or_create(&label)
-                        .set(c.commit_micros.load(Relaxed) as f64 / 1e6);
+                        .inc_by(c.commit_micros.load(Relaxed) as f64 / 1e6);
                 }
                 p.with_aggs(|aggs| {
                     for running in aggs.running.values() {
@@ -230,10 +231,11 @@ impl Metrics {
                             partition: p.id(),
                         };
                         let s = &running.state;
-                        agg_events.get_or_create(&label).set(s.events as i64);
-                        agg_late.get_or_create(&label).set(s.late_events as i64);
-                        let skipped: u64 = s.skipped.values().sum();
-                        agg_skipped.get_or_create(&label).set(skipped as i64);
+                        agg_events.get_or_create(&label).inc_by(s.events);
+                        agg_late.get_or_create(&label).inc_by(s.late_events);
+                        agg_skipped
+                            .get_or_create(&label)
+                            .inc_by(s.skipped.values().sum());
                         agg_windows
                             .get_or_create(&label)
                             .set(s.window_count() as i64);

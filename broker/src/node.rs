@@ -1,29 +1,35 @@
-//! The state a running node shares between its services and background tasks.
+//! The state a running node shares between its front doors and background tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cluster::Cluster;
+use crate::agg::query::Aggregations;
 use crate::config::Config;
+use crate::controller::Cluster;
 use crate::groups::Coordinator;
 use crate::metrics::Metrics;
+use crate::search::scatter::Search;
 use crate::topics::Topics;
 
 /// A running node's shared state.
 pub struct Node {
     /// Its configuration.
     pub config: Config,
-    /// Its topics.
+    /// Its topics and the replicas it holds.
     pub topics: Arc<Topics>,
     /// Its consumer groups.
     pub groups: Coordinator,
     /// Its cluster: the controller and the cluster state.
     pub cluster: Arc<Cluster>,
+    /// The cluster's aggregations, as this node answers for them.
+    pub aggregations: Aggregations,
+    /// Searching the cluster from this node.
+    pub search: Search,
     /// The client address it announces to the cluster.
     pub advertised: String,
     /// Its metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// The gRPC address it listens on.
     pub address: SocketAddr,
     /// The HTTP address it listens on, if any.
@@ -32,26 +38,36 @@ pub struct Node {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
+/// Where a node listens and what it announces.
+pub(crate) struct Addresses {
+    /// The gRPC address it listens on.
+    pub address: SocketAddr,
+    /// The client address it announces to the cluster.
+    pub advertised: String,
+    /// The HTTP address it listens on, if any.
+    pub http_address: Option<SocketAddr>,
+}
+
 impl Node {
     pub(crate) fn new(
         config: Config,
         topics: Arc<Topics>,
         groups: Coordinator,
         cluster: Arc<Cluster>,
-        address: SocketAddr,
-        advertised: String,
-        http_address: Option<SocketAddr>,
+        addresses: Addresses,
     ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
         Node {
             config,
+            aggregations: Aggregations::new(topics.clone(), cluster.clone()),
+            search: Search::new(topics.clone(), cluster.clone()),
             topics,
             groups,
-            advertised,
             cluster,
-            metrics: Metrics::new(),
-            address,
-            http_address,
+            advertised: addresses.advertised,
+            metrics: Arc::new(Metrics::new()),
+            address: addresses.address,
+            http_address: addresses.http_address,
             serving: AtomicBool::new(true),
             stopping,
         }

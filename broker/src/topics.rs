@@ -1,104 +1,30 @@
-//! Topics on this node: their configuration, persisted beside their partitions, and the
-//! registry the services look them up in.
+//! The cluster's topics as this node holds them: the registry the services look them up
+//! in, following the controller's state (opening the replicas assigned to this node,
+//! stopping and deleting those of deleted topics), and the node-wide housekeeping over every
+//! replica (retention, leader balance).
 //!
-//! Layout: `<data_dir>/topics/<name>/topic.json` and `<data_dir>/topics/<name>/<partition>/`
-//! (a partition log). `topic.json` is written last, atomically: a topic directory without
-//! it is an interrupted creation and is removed at startup, as are directories renamed
-//! `.deleted-*` by a deletion that did not finish.
+//! Layout: `<data_dir>/topics/<name>-<id>/<partition>/` (a partition log and its Raft
+//! files). Directories of deleted topics are renamed `.deleted-*` first, and those left
+//! behind by an interrupted deletion, or of topics deleted while the node was away, are
+//! removed when the node follows the cluster state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use strata_proto::v1;
-use strata_storage::{Flusher, LogConfig, PartitionLog, RetentionPolicy};
+use strata_storage::LogConfig;
 use tokio::sync::watch;
 
+use crate::controller::{
+    Cluster, ClusterState, Command, CommandResult, MAX_PARTITIONS, TopicConfig, TopicMeta,
+};
 use crate::error::{Error, Result};
-use crate::partition::{Partition, PartitionParts};
-use crate::raft::controller::TopicMeta;
-use crate::raft::service::GroupRaft;
-use crate::raft::store::SnapshotHint;
-use crate::raft::{ClusterState, LogStore, PartitionSm, RaftEnv, TypeConfig, partition_group};
-use crate::search::PartitionIndex;
+use crate::raft::RaftEnv;
+use crate::replica::{Partition, ReplicaOf};
 
-/// Most partitions one topic may have.
-pub const MAX_PARTITIONS: u32 = 10_000;
-
-/// A topic's settings, as stored in `topic.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicConfig {
-    /// Number of partitions.
-    pub partitions: u32,
-    /// Replicas per partition.
-    pub replication_factor: u32,
-    /// Delete segments whose records are all older than this (ms).
-    pub retention_ms: Option<u64>,
-    /// Delete a partition's oldest segments beyond this size.
-    pub retention_bytes: Option<u64>,
-    /// Whether and what to index for search.
-    #[serde(default)]
-    pub search: SearchSettings,
-}
-
-/// A topic's search settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SearchSettings {
-    /// Whether its events are indexed (the default).
-    pub enabled: bool,
-    /// JSON paths of the value to index; empty: all of them.
-    #[serde(default)]
-    pub fields: Vec<String>,
-}
-
-impl Default for SearchSettings {
-    fn default() -> Self {
-        SearchSettings {
-            enabled: true,
-            fields: Vec::new(),
-        }
-    }
-}
-
-impl TopicConfig {
-    /// Reads the API form: zero means "default" for partitions and replication, "none" for
-    /// the retention limits.
-    pub fn from_proto(c: &v1::TopicConfig) -> Self {
-        TopicConfig {
-            partitions: c.partitions,
-            replication_factor: c.replication_factor,
-            retention_ms: (c.retention_ms > 0).then_some(c.retention_ms),
-            retention_bytes: (c.retention_bytes > 0).then_some(c.retention_bytes),
-            search: SearchSettings {
-                enabled: !c.search_disabled,
-                fields: c.search_fields.clone(),
-            },
-        }
-    }
-
-    /// The API form.
-    pub fn to_proto(&self) -> v1::TopicConfig {
-        v1::TopicConfig {
-            partitions: self.partitions,
-            replication_factor: self.replication_factor,
-            retention_ms: self.retention_ms.unwrap_or(0),
-            retention_bytes: self.retention_bytes.unwrap_or(0),
-            search_disabled: !self.search.enabled,
-            search_fields: self.search.fields.clone(),
-        }
-    }
-
-    /// The retention policy of each partition.
-    pub fn retention(&self) -> RetentionPolicy {
-        RetentionPolicy {
-            max_age: self.retention_ms.map(std::time::Duration::from_millis),
-            max_bytes: self.retention_bytes,
-        }
-    }
-}
+/// How often leadership is checked against the preferred replicas.
+const LEADER_BALANCE: Duration = Duration::from_secs(5);
 
 /// A topic of the cluster and its replicas on this node.
 #[derive(Debug)]
@@ -233,6 +159,67 @@ impl Topics {
             && done(self)
     }
 
+    /// Creates a topic through the controller. Answers once this node follows the creation
+    /// and every partition it holds knows its leader (so that a produce right after
+    /// succeeds), or after `timeout`.
+    pub async fn create(
+        &self,
+        cluster: &Cluster,
+        name: String,
+        config: TopicConfig,
+        timeout: Duration,
+    ) -> Result<Arc<Topic>> {
+        crate::names::validate(&name)?;
+        crate::search::schema::validate_fields(&config.search.fields)
+            .map_err(Error::InvalidArgument)?;
+        if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
+            return Err(Error::InvalidArgument(format!(
+                "partitions must be between 1 and {MAX_PARTITIONS}"
+            )));
+        }
+        let command = Command::CreateTopic {
+            name: name.clone(),
+            config,
+        };
+        let id = match cluster.propose(command, timeout).await? {
+            CommandResult::TopicCreated { id } => id,
+            CommandResult::TopicExists => return Err(Error::TopicExists(name)),
+            CommandResult::Invalid { message } => return Err(Error::InvalidArgument(message)),
+            other => {
+                return Err(Error::Unavailable(format!(
+                    "unexpected controller answer {other:?}"
+                )));
+            }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.wait_until(timeout, |t| t.get(&name).is_ok_and(|t| t.id == id))
+            .await;
+        let topic = self.get(&name)?;
+        for p in &topic.partitions {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            p.wait_for_leader(left).await;
+        }
+        Ok(topic)
+    }
+
+    /// Deletes a topic through the controller. Answers once this node follows the deletion,
+    /// or after `timeout`.
+    pub async fn delete(&self, cluster: &Cluster, name: String, timeout: Duration) -> Result<()> {
+        let command = Command::DeleteTopic { name: name.clone() };
+        match cluster.propose(command, timeout).await? {
+            CommandResult::Ok => {}
+            CommandResult::UnknownTopic => return Err(Error::UnknownTopic(name)),
+            CommandResult::Invalid { message } => return Err(Error::InvalidArgument(message)),
+            other => {
+                return Err(Error::Unavailable(format!(
+                    "unexpected controller answer {other:?}"
+                )));
+            }
+        }
+        self.wait_until(timeout, |t| t.get(&name).is_err()).await;
+        Ok(())
+    }
+
     /// Brings this node's replicas in line with the cluster state: opens the partitions
     /// assigned to it (starting their Raft groups), stops and deletes those of deleted
     /// topics.
@@ -270,7 +257,7 @@ impl Topics {
                 .insert(name.clone(), Arc::new(topic));
             tracing::info!(topic = %name, id = meta.id, "topic opened");
         }
-        if state.position.last_applied.is_some() {
+        if state.position.applied_any() {
             self.remove_stale_dirs(state)?;
         }
         Ok(())
@@ -289,18 +276,23 @@ impl Topics {
                 continue;
             }
             let p = p as u32;
-            let partition = self
-                .open_partition(
-                    &dir.join(p.to_string()),
-                    shared.clone(),
-                    meta.id,
-                    p,
-                    replicas,
-                    &meta.config.search,
-                )
-                .await?;
+            let of = ReplicaOf {
+                topic: shared.clone(),
+                topic_id: meta.id,
+                partition: p,
+                replicas: replicas.clone(),
+            };
+            let partition = Partition::open(
+                &self.env,
+                &dir.join(p.to_string()),
+                of,
+                self.log_config.clone(),
+                &meta.config.search,
+                self.cluster.clone(),
+            )
+            .await?;
             let partition = Arc::new(partition);
-            crate::search::index::start(&partition);
+            crate::search::feed::start(&partition);
             partitions.push(partition);
         }
         Ok(Topic {
@@ -313,67 +305,9 @@ impl Topics {
         })
     }
 
-    async fn open_partition(
-        &self,
-        dir: &Path,
-        topic: Arc<str>,
-        topic_id: u32,
-        id: u32,
-        replicas: &[u64],
-        search: &SearchSettings,
-    ) -> Result<Partition> {
-        let group = partition_group(topic_id, id);
-        let storage = |e| Error::from_storage(&topic, id, e);
-        let io = |e: std::io::Error| Error::io(dir, e);
-        let log = {
-            let (dir, config) = (dir.to_owned(), self.log_config.clone());
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            tokio::task::spawn_blocking(move || PartitionLog::open(&dir, config))
-                .await
-                .map_err(|e| Error::Unavailable(format!("open task failed: {e}")))?
-                .map_err(storage)?
-        };
-        let (high_watermark, _) = watch::channel(0);
-        let high_watermark = Arc::new(high_watermark);
-        let hint = SnapshotHint::publishing(high_watermark.clone());
-        let sm = PartitionSm::open(dir, hint.clone(), log.clone()).map_err(io)?;
-        let state = sm.state();
-        let aggs = sm.aggs();
-        let store = LogStore::open(log.clone(), hint).map_err(io)?;
-        let raft = openraft::Raft::new(
-            self.env.node_id,
-            self.env.config.clone(),
-            self.env.router.factory(group),
-            store,
-            sm,
-        )
-        .await
-        .map_err(|e| Error::Unavailable(format!("{topic}/{id}: raft did not start: {e}")))?;
-        self.env
-            .groups
-            .insert(group, GroupRaft::Partition(raft.clone()));
-        start_group(&raft, self.env.node_id, replicas).await;
-        Ok(Partition::new(PartitionParts {
-            topic,
-            id,
-            group,
-            node_id: self.env.node_id,
-            replicas: replicas.to_vec(),
-            log,
-            raft,
-            state,
-            aggs,
-            high_watermark,
-            cluster: self.cluster.clone(),
-            search: search
-                .enabled
-                .then(|| Arc::new(PartitionIndex::new(dir, &search.fields))),
-        }))
-    }
-
     async fn remove_topic(&self, topic: &Topic) -> Result<()> {
         for p in &topic.partitions {
-            self.env.groups.remove(p.group());
+            self.env.groups.remove(p.group_id());
             if let Err(e) = p.close().await {
                 tracing::warn!(topic = %topic.name, partition = p.id(), error = %e, "closing a deleted partition failed");
             }
@@ -434,6 +368,66 @@ impl Topics {
         Ok(())
     }
 
+    /// Opens and closes partition replicas as the controller creates and deletes topics,
+    /// until the cluster state stops changing (the node stops).
+    pub async fn follow_cluster(&self) {
+        let mut state = self.cluster.clone();
+        loop {
+            if state.changed().await.is_err() {
+                return;
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::error!(error = %e, "following the cluster state failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                state.mark_changed();
+            }
+        }
+    }
+
+    /// Applies every topic's retention to this node's replicas every `every`.
+    pub async fn apply_retention(&self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await; // not at startup
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            for topic in self.all() {
+                if !topic.config.has_retention() {
+                    continue;
+                }
+                let policy = topic.config.retention();
+                for p in &topic.partitions {
+                    match p.apply_retention(&policy, now).await {
+                        Ok(Some(index)) => {
+                            tracing::info!(topic = %topic.name, partition = p.id(), index, "retention purged old segments")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(topic = %topic.name, partition = p.id(), error = %e, "retention failed")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands leadership of each partition this node leads back to its preferred leader
+    /// once that replica has caught up, so that leaders stay spread evenly.
+    pub async fn balance_leaders(&self) {
+        let mut tick = tokio::time::interval(LEADER_BALANCE);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for topic in self.all() {
+                for p in &topic.partitions {
+                    p.restore_preferred_leader().await;
+                }
+            }
+        }
+    }
+
     /// Stops every partition's Raft group, then flushes and closes its log (at shutdown).
     pub async fn close_all(&self) -> Result<()> {
         let topics: Vec<Arc<Topic>> =
@@ -442,7 +436,7 @@ impl Topics {
                 .collect();
         for topic in topics {
             for p in &topic.partitions {
-                self.env.groups.remove(p.group());
+                self.env.groups.remove(p.group_id());
                 p.close().await?;
             }
         }
@@ -450,36 +444,6 @@ impl Topics {
     }
 }
 
-/// Initializes a fresh group with its replicas (every replica does, with the same
-/// membership, which openraft allows) and lets the preferred leader stand for election
-/// at once.
-pub(crate) async fn start_group<SM>(
-    raft: &openraft::Raft<TypeConfig, SM>,
-    node_id: u64,
-    replicas: &[u64],
-) where
-    SM: openraft::storage::RaftStateMachine<TypeConfig>,
-{
-    match raft.is_initialized().await {
-        Ok(true) | Err(_) => return,
-        Ok(false) => {}
-    }
-    let members: std::collections::BTreeSet<u64> = replicas.iter().copied().collect();
-    if let Err(e) = raft.initialize(members).await {
-        tracing::debug!(error = %e, "group initialized elsewhere first");
-    }
-    if replicas.first() == Some(&node_id) && replicas.len() > 1 {
-        let _ = raft.trigger().elect(false).await;
-    }
-}
-
 fn sync_dir(dir: &Path) -> Result<()> {
-    crate::fsutil::sync_dir(dir).map_err(|e| Error::io(dir, e))
-}
-
-/// The flusher and storage settings shared by every partition of a node.
-pub(crate) fn node_log_config(config: &crate::Config) -> Result<LogConfig> {
-    let flusher =
-        Flusher::new().map_err(|e| Error::Unavailable(format!("cannot start the flusher: {e}")))?;
-    Ok(config.log_config(Some(flusher)))
+    strata_storage::durable::sync_dir(dir).map_err(|e| Error::io(dir, std::io::Error::other(e)))
 }

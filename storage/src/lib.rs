@@ -20,6 +20,8 @@
 //! # Layout
 //! - [`batch`]: the record batch format (Kafka v2-like, CRC32), its builder and zero-copy
 //!   reader. Pure code, no I/O.
+//! - [`durable`]: small files replaced atomically and durably (the engine's metadata and the
+//!   broker's: Raft votes, snapshots).
 //! - [`entry`]: log entries (Raft log id, kind, body) and their 40-byte checksummed header.
 //! - `varint`: zig-zag varints for the record format.
 //! - `mmap`: memory maps of segment files; **all of Strata's `unsafe` code** lives here.
@@ -33,6 +35,7 @@
 #![deny(unsafe_code)]
 
 pub mod batch;
+pub mod durable;
 pub mod entry;
 mod error;
 pub mod log;

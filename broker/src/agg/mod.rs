@@ -7,14 +7,28 @@
 //! a new leader after a fail-over. A start control record may ask for a backfill: the
 //! records already in the log are folded in first, in order.
 //!
+//! The pure half, which the partition replicas' state machines call as they apply batches:
 //! - [`json`]: one-pass extraction of the fields an aggregation reads.
 //! - [`filter`]: filter expressions.
 //! - [`def`]: definitions and their parsing.
 //! - [`state`]: windows, measures, watermark, late and skipped events.
+//! - this module: control records ([`Control`]), a partition's running aggregations
+//!   ([`PartitionAggs`], folding a batch), and query rows ([`Row`], [`merge_rows`]).
+//!
+//! The half that runs on the node, over its replicas (it imports `replica` and `topics`;
+//! the pure half never imports it):
+//! - [`query`]: [`Aggregations`], definitions through the controller and queries gathered
+//!   from every partition's replicas;
+//! - [`reconcile`]: the task that starts and stops aggregations in the partitions a node
+//!   leads;
+//! - [`emit`]: the task that writes closed windows to output topics, exactly once.
 
 pub mod def;
+pub mod emit;
 pub mod filter;
 pub mod json;
+pub mod query;
+pub mod reconcile;
 pub mod state;
 
 use std::collections::BTreeMap;

@@ -19,14 +19,15 @@ use tokio::sync::watch;
 
 use self::assign::Assignment;
 use self::membership::{Group, State};
-use crate::cluster::Cluster;
+use crate::controller::{Cluster, Command, CommandResult};
 use crate::error::{Error, Result};
 use crate::names;
-use crate::raft::{Command, CommandResult};
 use crate::topics::Topics;
 
 /// Session time-out used when a member asks for none.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often silent members are expired.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Rebalance time-out used when a member asks for none.
 pub const DEFAULT_REBALANCE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -136,6 +137,27 @@ impl Coordinator {
             groups: Mutex::new(HashMap::new()),
             session_bounds,
         }
+    }
+
+    /// Whether this node coordinates groups now: it leads the controller and, as a new
+    /// leader, has applied every earlier term's entries (so that the offsets it reads are
+    /// all the committed ones). Elsewhere: NOT_LEADER with the coordinator's address.
+    pub fn check_coordinator(&self) -> Result<()> {
+        let leader = self.cluster.controller_leader();
+        if leader == Some(self.cluster.node_id()) {
+            return if self.cluster.controller_caught_up() {
+                Ok(())
+            } else {
+                Err(Error::Unavailable(
+                    "the new group coordinator is catching up".into(),
+                ))
+            };
+        }
+        Err(Error::NotLeader {
+            what: "consumer groups (the controller)".into(),
+            leader,
+            address: leader.and_then(|l| self.cluster.address_of(l)),
+        })
     }
 
     fn handle(&self, group: &str) -> Result<Arc<GroupHandle>> {
@@ -283,6 +305,15 @@ impl Coordinator {
         handle.lock().leave(member, Instant::now())?;
         handle.bump();
         Ok(())
+    }
+
+    /// Sweeps every [`SWEEP_EVERY`], for as long as the node runs.
+    pub async fn sweep_forever(&self) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
     }
 
     /// Expires silent members and completes rebalances whose deadline passed.

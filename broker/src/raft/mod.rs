@@ -1,24 +1,31 @@
 //! Replication: every partition, and the cluster's controller, is an openraft group whose
-//! Raft log *is* a storage log (see DESIGN.md, "Replication").
+//! Raft log *is* a storage log (see DESIGN.md, "Replication"). This module is openraft's
+//! glue and nothing else: it knows record batches and logs, never topics, commands or
+//! aggregations. What a group does with its committed entries is a [`Machine`] the domain
+//! passes in; no other module of the crate names an openraft type.
 //!
 //! - [`TypeConfig`]: one openraft type configuration for every group. A normal entry carries
 //!   a record batch ([`Batch`]); the controller's commands travel as one-record batches too,
 //!   so one log store implementation serves every group.
 //! - `store`: [`LogStore`], the `RaftLogStorage` over a `PartitionLog`, plus the small
 //!   checksummed vote and commit files.
-//! - `partition_sm`: the partition state machine (offsets, producer dedup state, the high
-//!   watermark); its snapshot is that state, never the records.
+//! - `machine`: openraft's state machine over a domain [`Machine`]: the log position, the
+//!   answers to proposers, snapshots.
+//! - `snapshot`: where a machine stands ([`Position`]) and its snapshot file.
+//! - `group`: [`Group`], a running group as the domain uses it: start, write, status,
+//!   waits, purge, shutdown.
 //! - `network`: the client side of node-to-node traffic (one gRPC channel per peer, shared by
-//!   all groups); `service`: the server side, dispatching by group id.
+//!   all groups); `peer`: the server side (the `strata.v1.Raft` service), dispatching by group
+//!   id; `wire`: the hand-mapped AppendEntries message.
 
-pub mod controller;
-pub mod network;
-pub mod partition_sm;
-pub mod service;
-pub mod snapshot;
-pub mod store;
+mod group;
+mod machine;
+mod network;
+mod peer;
+mod snapshot;
+mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod wire;
 
 use std::fmt;
@@ -27,12 +34,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
-pub use controller::{
-    AggregationMeta, ClusterState, Command, CommandResult, ControllerSm, EmitProgress,
-};
+pub use group::{Group, GroupStatus, WriteError};
+pub use machine::Machine;
 pub use network::Router;
-pub use partition_sm::{PartitionSm, PartitionState, ProducerState};
-pub use store::LogStore;
+pub use peer::{ForwardedProposals, Groups, RaftService};
+pub use snapshot::Position;
+pub use store::LogRestarted;
 
 /// Identifies a Raft group: [`CONTROLLER_GROUP`] or a partition's [`partition_group`].
 pub type GroupId = u64;
@@ -94,8 +101,8 @@ pub enum Applied {
         /// Offset of its first record.
         base_offset: u64,
     },
-    /// A controller command's result, JSON.
-    Controller(String),
+    /// The machine's answer as JSON (a controller command's result).
+    Answer(String),
 }
 
 openraft::declare_raft_types!(
@@ -108,22 +115,22 @@ openraft::declare_raft_types!(
 );
 
 /// An openraft log id.
-pub type RaftLogId = openraft::alias::LogIdOf<TypeConfig>;
+type RaftLogId = openraft::alias::LogIdOf<TypeConfig>;
 /// An openraft vote.
-pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+type Vote = openraft::alias::VoteOf<TypeConfig>;
 /// An openraft log entry.
-pub type RaftEntry = openraft::alias::EntryOf<TypeConfig>;
-/// A membership configuration.
-pub type Membership = openraft::Membership<u64, openraft::EmptyNode>;
+type RaftEntry = openraft::alias::EntryOf<TypeConfig>;
 /// A membership with the log id that set it.
-pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 /// A snapshot's description.
-pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot: its description and the serialized state (JSON, a few hundred bytes).
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Bytes>;
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Bytes>;
+/// openraft's handle of a group.
+type Raft = openraft::Raft<TypeConfig, machine::StateMachine>;
 
 /// The openraft log id of a storage log id.
-pub fn to_raft_log_id(id: strata_storage::LogId) -> RaftLogId {
+fn to_raft_log_id(id: strata_storage::LogId) -> RaftLogId {
     openraft::LogId::new(
         openraft::impls::leader_id_adv::LeaderId {
             term: id.term,
@@ -134,7 +141,7 @@ pub fn to_raft_log_id(id: strata_storage::LogId) -> RaftLogId {
 }
 
 /// The storage log id of an openraft log id.
-pub fn to_storage_log_id(id: &RaftLogId) -> strata_storage::LogId {
+fn to_storage_log_id(id: &RaftLogId) -> strata_storage::LogId {
     strata_storage::LogId::new(id.leader_id.term, id.leader_id.node_id, id.index)
 }
 
@@ -152,14 +159,6 @@ pub fn json_batch(value: &impl Serialize, control: bool) -> Result<RecordBatch, 
     b.push(strata_storage::NewRecord::value(now, &json))
         .map_err(|e| e.to_string())?;
     b.finish().map_err(|e| e.to_string())
-}
-
-/// Whether a replica has applied an entry of its current term: for a leader, that it has
-/// applied everything committed before its election (openraft's leader restore is off, so a
-/// leader always has an entry of its own term; see [`RaftTuning::config`]).
-pub fn applied_own_term(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
-    m.last_applied
-        .is_some_and(|l| l.leader_id.term == m.current_term)
 }
 
 /// Timing and batching of every group, tuned for a few nodes on a LAN (see README).
@@ -186,10 +185,15 @@ impl Default for RaftTuning {
     }
 }
 
+/// Raft settings that do not hold together.
+#[derive(Debug, thiserror::Error)]
+#[error("raft settings: {0}")]
+pub struct TuningError(#[from] openraft::ConfigError);
+
 impl RaftTuning {
     /// The openraft configuration.
-    pub fn config(&self, cluster: &str) -> Result<openraft::Config, openraft::ConfigError> {
-        openraft::Config {
+    fn config(&self, cluster: &str) -> Result<openraft::Config, TuningError> {
+        Ok(openraft::Config {
             cluster_name: cluster.to_owned(),
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
@@ -210,7 +214,7 @@ impl RaftTuning {
             purge_batch_size: 1024,
             ..Default::default()
         }
-        .validate()
+        .validate()?)
     }
 }
 
@@ -223,7 +227,18 @@ pub struct RaftEnv {
     /// Connections to the peers.
     pub router: Router,
     /// The groups this node runs.
-    pub groups: service::Groups,
-    /// openraft settings of every group.
-    pub config: std::sync::Arc<openraft::Config>,
+    pub groups: Groups,
+    config: std::sync::Arc<openraft::Config>,
+}
+
+impl RaftEnv {
+    /// The environment of node `node_id`'s groups, reaching its peers through `router`.
+    pub fn new(node_id: u64, router: Router, tuning: &RaftTuning) -> Result<RaftEnv, TuningError> {
+        Ok(RaftEnv {
+            node_id,
+            router,
+            groups: Groups::default(),
+            config: std::sync::Arc::new(tuning.config("strata")?),
+        })
+    }
 }

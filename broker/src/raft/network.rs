@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::EmptyNode;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -25,6 +26,8 @@ use super::{GroupId, Snapshot, TypeConfig, Vote};
 
 /// How long connecting to a peer may take before the attempt counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a forwarded controller command may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Routes every group's Raft RPCs to peers over one channel per peer.
 #[derive(Clone)]
@@ -135,34 +138,26 @@ impl Router {
             .ok_or_else(|| unreachable(format!("no address for node {target}")))
     }
 
-    /// Forwards a controller command to `target`, which should lead the controller.
-    pub async fn propose(
-        &self,
-        target: u64,
-        command: &super::Command,
-    ) -> Result<super::CommandResult, crate::cluster::ProposeError> {
-        use crate::cluster::ProposeError;
-        let unavailable = |e: String| ProposeError::Unavailable(format!("node {target}: {e}"));
+    /// Forwards an encoded controller command to `target`, which should lead the
+    /// controller (see [`super::ForwardedProposals`]); its encoded answer. The error says
+    /// why `target` did not answer.
+    pub async fn forward_proposal(&self, target: u64, body: Bytes) -> Result<Bytes, String> {
         let mut client = self
             .client(target)
-            .map_err(|e| unavailable(e.to_string()))?;
-        let body = serde_json::to_vec(command).map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| format!("node {target}: {e}"))?;
         let request = v1::RaftMessage {
             group_id: super::CONTROLLER_GROUP,
-            body: body.into(),
+            body,
         };
-        let reply = tokio::time::timeout(Duration::from_secs(10), client.propose(request))
+        let reply = tokio::time::timeout(FORWARD_TIMEOUT, client.propose(request))
             .await
-            .map_err(|_| unavailable("no answer".into()))?
-            .map_err(|s| unavailable(s.message().to_string()))?;
-        serde_json::from_slice::<Result<super::CommandResult, ProposeError>>(
-            &reply.into_inner().body,
-        )
-        .map_err(|e| unavailable(format!("undecodable reply: {e}")))?
+            .map_err(|_| format!("node {target}: no answer"))?
+            .map_err(|s| format!("node {target}: {}", s.message()))?;
+        Ok(reply.into_inner().body)
     }
 
     /// A network factory for one group.
-    pub fn factory(&self, group: GroupId) -> GroupNetworkFactory<Router, GroupId> {
+    pub(super) fn factory(&self, group: GroupId) -> GroupNetworkFactory<Router, GroupId> {
         GroupNetworkFactory::new(self.clone(), group)
     }
 }

@@ -1,39 +1,39 @@
-//! Snapshots of the (small) state machines: the current one in memory and in
-//! `raft-snapshot.json` beside the group's log, building one from a copy of the state, and
-//! installing one received from a leader. Shared by the partition and controller machines.
+//! Snapshots of the (small) state machines: where a machine stands in its log
+//! ([`Position`]), the current snapshot in memory and in `raft-snapshot.json` beside the
+//! group's log, building one from the machine's state, and installing one from a leader.
+//!
+//! A snapshot's data is the machine's state as JSON, with its position under `"position"`;
+//! raft reads that field back and leaves the rest to the machine.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::storage::RaftSnapshotBuilder;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
-use super::store::SnapshotHint;
 use strata_storage::RecordBatch;
 
 use super::{Batch, RaftEntry, RaftLogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::lock::lock;
 
 const SNAPSHOT_FILE: &str = "raft-snapshot.json";
 
-/// Where a state machine stands in its group's log: the part of every machine's state that
-/// openraft and the log store need.
+/// Where a state machine stands in its group's log.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Position {
     /// The last entry applied.
-    pub last_applied: Option<RaftLogId>,
+    last_applied: Option<RaftLogId>,
     /// The last membership applied.
-    pub membership: StoredMembership,
+    membership: StoredMembership,
     /// Offset after the last record applied (for a partition, the high watermark).
     pub next_offset: u64,
 }
 
 impl Position {
     /// Moves past an applied entry; returns its record batch if it is a data entry.
-    pub fn advance<'e>(&mut self, entry: &'e RaftEntry) -> Option<&'e RecordBatch> {
+    pub(super) fn advance<'e>(&mut self, entry: &'e RaftEntry) -> Option<&'e RecordBatch> {
         self.last_applied = Some(entry.log_id);
         match &entry.payload {
             EntryPayload::Blank => None,
@@ -58,17 +58,50 @@ impl Position {
     }
 
     /// What openraft asks a state machine at start: the last applied entry and membership.
-    pub fn applied_state(&self) -> (Option<RaftLogId>, StoredMembership) {
+    pub(super) fn applied_state(&self) -> (Option<RaftLogId>, StoredMembership) {
         (self.last_applied, self.membership.clone())
+    }
+
+    /// Whether any entry was applied.
+    pub fn applied_any(&self) -> bool {
+        self.last_applied.is_some()
+    }
+
+    /// The group's voters as of the last membership applied.
+    pub fn voters(&self) -> Vec<u64> {
+        self.membership.membership().voter_ids().collect()
+    }
+
+    /// A position whose voters are `voters` (for tests of machines).
+    #[cfg(test)]
+    pub fn with_voters(voters: &[u64]) -> Position {
+        let membership = openraft::Membership::<u64, openraft::EmptyNode>::new_with_defaults(
+            vec![voters.iter().copied().collect()],
+            std::collections::BTreeSet::new(),
+        );
+        Position {
+            membership: StoredMembership::new(None, membership),
+            ..Position::default()
+        }
     }
 }
 
-/// A state machine's state: its position and what it derives from the entries.
-pub(crate) trait MachineState: Serialize + DeserializeOwned + Clone {
-    /// Its position in the log.
-    fn position(&self) -> &Position;
-    /// Its position in the log, to change.
-    fn position_mut(&mut self) -> &mut Position;
+/// Where the latest snapshot ends: the index it covers and the offset after its last record.
+/// The state machine sets it when it builds or installs a snapshot; the log store reads it
+/// when openraft purges past the log's end (the log then restarts after the snapshot).
+#[derive(Debug, Clone, Default)]
+pub(super) struct SnapshotEnd(Arc<Mutex<Option<(u64, u64)>>>);
+
+impl SnapshotEnd {
+    /// Records that the snapshot at `index` ends before offset `next_offset`.
+    pub(super) fn set(&self, index: u64, next_offset: u64) {
+        *lock(&self.0) = Some((index, next_offset));
+    }
+
+    /// The next offset after the snapshot at `index`, if that is the one recorded.
+    pub(super) fn next_offset_at(&self, index: u64) -> Option<u64> {
+        lock(&self.0).and_then(|(i, o)| (i == index).then_some(o))
+    }
 }
 
 /// A stored snapshot: its description and the state's JSON.
@@ -80,13 +113,13 @@ struct StoredSnapshot {
 
 /// The current snapshot of a group, kept in memory and in `raft-snapshot.json`.
 #[derive(Debug)]
-pub(crate) struct SnapshotFile {
+struct SnapshotFile {
     dir: PathBuf,
     current: Option<Snapshot>,
 }
 
 impl SnapshotFile {
-    pub(crate) fn open(dir: &Path) -> io::Result<SnapshotFile> {
+    fn open(dir: &Path) -> io::Result<SnapshotFile> {
         let path = dir.join(SNAPSHOT_FILE);
         let current = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -111,7 +144,7 @@ impl SnapshotFile {
     }
 
     /// Durably makes `snapshot` the current one.
-    pub(crate) async fn save(&mut self, snapshot: Snapshot) -> io::Result<()> {
+    async fn save(&mut self, snapshot: Snapshot) -> io::Result<()> {
         let current = self.current.as_ref().and_then(|c| c.meta.last_log_id);
         if current.is_some() && snapshot.meta.last_log_id <= current {
             return Ok(()); // an older build finishing after a newer install
@@ -124,73 +157,72 @@ impl SnapshotFile {
         let json = serde_json::to_vec(&stored).map_err(io::Error::other)?;
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
-            crate::fsutil::write_atomically(&dir, &dir.join(SNAPSHOT_FILE), &json)
+            strata_storage::durable::replace(&dir, &dir.join(SNAPSHOT_FILE), &json)
+                .map_err(io::Error::other)
         })
         .await
         .map_err(|e| io::Error::other(format!("snapshot task failed: {e}")))??;
         self.current = Some(snapshot);
         Ok(())
     }
-
-    pub(crate) fn current(&self) -> Option<Snapshot> {
-        self.current.clone()
-    }
 }
 
-/// A group's snapshots: the current one and where a snapshot's log position is told to the
-/// log store.
+/// A group's snapshots: the current one and where the latest ends.
 #[derive(Debug, Clone)]
-pub(crate) struct Snapshots {
+pub(super) struct Snapshots {
     file: Arc<tokio::sync::Mutex<SnapshotFile>>,
-    hint: SnapshotHint,
+    end: SnapshotEnd,
+}
+
+/// The position a snapshot's data records (the machine's own fields are ignored here).
+#[derive(Deserialize)]
+struct PositionField {
+    position: Position,
 }
 
 impl Snapshots {
     /// The snapshots of the group whose files are in `dir`.
-    pub(crate) fn open(dir: &Path, hint: SnapshotHint) -> io::Result<Snapshots> {
+    pub(super) fn open(dir: &Path, end: SnapshotEnd) -> io::Result<Snapshots> {
         Ok(Snapshots {
             file: Arc::new(tokio::sync::Mutex::new(SnapshotFile::open(dir)?)),
-            hint,
+            end,
         })
     }
 
-    /// A builder over a copy of `state`.
-    pub(crate) fn builder(&self, state: &impl MachineState) -> StateSnapshotBuilder {
+    /// A builder of the snapshot whose state, at `position`, is `data`.
+    pub(super) fn builder(&self, position: &Position, data: Bytes) -> StateSnapshotBuilder {
         StateSnapshotBuilder {
             meta: SnapshotMeta {
-                last_log_id: state.position().last_applied,
-                last_membership: state.position().membership.clone(),
+                last_log_id: position.last_applied,
+                last_membership: position.membership.clone(),
             },
-            // The state holds only finite numbers (aggregations refuse larger ones), strings
-            // and maps with string or integer keys, which serialize; an error here is a bug.
-            data: Bytes::from(serde_json::to_vec(state).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "state does not serialize; empty snapshot");
-                Vec::new()
-            })),
-            next_offset: state.position().next_offset,
+            data,
+            next_offset: position.next_offset,
             file: self.file.clone(),
-            hint: self.hint.clone(),
+            end: self.end.clone(),
         }
     }
 
-    /// Decodes a snapshot from a leader, makes it the current one, and returns its state.
-    pub(crate) async fn install<S: MachineState>(
+    /// Takes a snapshot from a leader: reads its position (the description's log id and
+    /// membership, the data's next offset), lets `restore` replace the machine's state, then
+    /// makes it the current snapshot. Returns the position.
+    pub(super) async fn install(
         &self,
         meta: &SnapshotMeta,
         data: Bytes,
-        what: &str,
-    ) -> io::Result<S> {
-        let mut state: S = serde_json::from_slice(&data).map_err(|e| {
+        restore: impl FnOnce(&Position, &[u8]) -> io::Result<()>,
+    ) -> io::Result<Position> {
+        let PositionField { mut position } = serde_json::from_slice(&data).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{what} snapshot undecodable: {e}"),
+                format!("snapshot undecodable: {e}"),
             )
         })?;
-        let position = state.position_mut();
         position.last_applied = meta.last_log_id;
         position.membership = meta.last_membership.clone();
+        restore(&position, &data)?;
         if let Some(last) = meta.last_log_id {
-            self.hint.set(last.index, position.next_offset);
+            self.end.set(last.index, position.next_offset);
         }
         self.file
             .lock()
@@ -200,23 +232,23 @@ impl Snapshots {
                 snapshot: data,
             })
             .await?;
-        Ok(state)
+        Ok(position)
     }
 
     /// The current snapshot.
-    pub(crate) async fn current(&self) -> Option<Snapshot> {
-        self.file.lock().await.current()
+    pub(super) async fn current(&self) -> Option<Snapshot> {
+        self.file.lock().await.current.clone()
     }
 }
 
 /// Builds a snapshot from a copy of a state machine's state, taken when openraft asked for
 /// it, and makes it the group's current snapshot.
-pub struct StateSnapshotBuilder {
-    pub(crate) meta: SnapshotMeta,
-    pub(crate) data: Bytes,
-    pub(crate) next_offset: u64,
-    pub(crate) file: Arc<tokio::sync::Mutex<SnapshotFile>>,
-    pub(crate) hint: SnapshotHint,
+pub(super) struct StateSnapshotBuilder {
+    meta: SnapshotMeta,
+    data: Bytes,
+    next_offset: u64,
+    file: Arc<tokio::sync::Mutex<SnapshotFile>>,
+    end: SnapshotEnd,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
@@ -228,7 +260,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
             snapshot: self.data.clone(),
         };
         if let Some(last) = self.meta.last_log_id {
-            self.hint.set(last.index, self.next_offset);
+            self.end.set(last.index, self.next_offset);
         }
         self.file.lock().await.save(snapshot.clone()).await?;
         Ok(snapshot)

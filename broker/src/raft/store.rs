@@ -12,7 +12,7 @@
 //!
 //! A snapshot ahead of the whole log (a follower that fell behind the retention point)
 //! makes openraft purge past the log's end; the log then restarts after the snapshot with
-//! the next offset the snapshot recorded ([`SnapshotHint`]).
+//! the next offset the snapshot recorded ([`SnapshotEnd`]), and [`LogRestarted`] is told.
 
 use std::fmt::Debug;
 use std::io;
@@ -25,15 +25,15 @@ use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use strata_storage::{EntryBody, EntryKind, NewEntry, PartitionLog};
-use tokio::sync::watch;
 
+use super::snapshot::SnapshotEnd;
 use super::{Batch, RaftEntry, RaftLogId, TypeConfig, Vote, to_raft_log_id, to_storage_log_id};
-use crate::sync::lock;
+use crate::lock::lock;
 
 /// How often the commit hint is written at most.
-pub const COMMIT_WRITE_INTERVAL: Duration = Duration::from_millis(100);
+const COMMIT_WRITE_INTERVAL: Duration = Duration::from_millis(100);
 /// Body bytes per AppendEntries request at most (at least one entry is always sent).
-pub const MAX_APPEND_BYTES: usize = 4 << 20;
+const MAX_APPEND_BYTES: usize = 4 << 20;
 
 const VOTE_FILE: &str = "raft-vote";
 const COMMIT_FILE: &str = "raft-commit";
@@ -41,47 +41,10 @@ const VOTE_MAGIC: &[u8; 4] = b"SVOT";
 const COMMIT_MAGIC: &[u8; 4] = b"SCOM";
 const META_VERSION: u8 = 1;
 
-/// Where a snapshot's state ends: the index it covers and the offset after its last record.
-/// The state machine sets it when it builds or installs a snapshot; the log store reads it
-/// when openraft purges past the log's end. A partition's hint also carries its high
-/// watermark, which the store publishes once it has restarted the log after an installed
-/// snapshot (the state machine cannot: the log still ends before the snapshot then).
-#[derive(Debug, Clone, Default)]
-pub struct SnapshotHint {
-    at: Arc<Mutex<Option<(u64, u64)>>>,
-    high_watermark: Option<Arc<watch::Sender<u64>>>,
-}
-
-impl SnapshotHint {
-    /// A hint that publishes the group's high watermark on `high_watermark`.
-    pub fn publishing(high_watermark: Arc<watch::Sender<u64>>) -> SnapshotHint {
-        SnapshotHint {
-            at: Arc::default(),
-            high_watermark: Some(high_watermark),
-        }
-    }
-
-    /// Records that the snapshot at `index` ends before offset `next_offset`.
-    pub fn set(&self, index: u64, next_offset: u64) {
-        *lock(&self.at) = Some((index, next_offset));
-    }
-
-    /// The next offset after the snapshot at `index`, if that is the one recorded.
-    pub fn next_offset_at(&self, index: u64) -> Option<u64> {
-        lock(&self.at).and_then(|(i, o)| (i == index).then_some(o))
-    }
-
-    /// Publishes the high watermark (wakes followers of it only when it moved).
-    pub fn publish(&self, next_offset: u64) {
-        if let Some(sender) = &self.high_watermark {
-            sender.send_if_modified(|hw| {
-                let moved = next_offset != *hw;
-                *hw = next_offset;
-                moved
-            });
-        }
-    }
-}
+/// Called with the next offset when the log restarts after an installed snapshot that was
+/// ahead of it: a partition publishes it as its high watermark then (its state machine
+/// cannot: the log still ended before the snapshot when the snapshot was installed).
+pub type LogRestarted = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// The vote and commit files of a group.
 #[derive(Debug)]
@@ -222,7 +185,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The openraft entry for a stored entry.
-pub fn to_raft_entry(e: strata_storage::Entry) -> io::Result<RaftEntry> {
+fn to_raft_entry(e: strata_storage::Entry) -> io::Result<RaftEntry> {
     let payload = match e.kind {
         EntryKind::Data => {
             let batch = e
@@ -247,7 +210,7 @@ pub fn to_raft_entry(e: strata_storage::Entry) -> io::Result<RaftEntry> {
 }
 
 /// The storage entry for an openraft entry.
-pub fn to_new_entry(e: RaftEntry) -> io::Result<NewEntry> {
+fn to_new_entry(e: RaftEntry) -> io::Result<NewEntry> {
     let body = match e.payload {
         EntryPayload::Normal(batch) => EntryBody::Data(batch.0),
         EntryPayload::Blank => EntryBody::Blank,
@@ -262,10 +225,11 @@ pub fn to_new_entry(e: RaftEntry) -> io::Result<NewEntry> {
 }
 
 /// A group's Raft log: its storage log and its vote and commit files.
-pub struct LogStore {
+pub(super) struct LogStore {
     log: PartitionLog,
     meta: Arc<GroupMeta>,
-    hint: SnapshotHint,
+    end: SnapshotEnd,
+    restarted: Option<LogRestarted>,
 }
 
 impl Debug for LogStore {
@@ -278,10 +242,19 @@ impl Debug for LogStore {
 
 impl LogStore {
     /// The Raft log over `log`, with its vote and commit files in the log's directory.
-    /// `hint` is shared with the group's state machine.
-    pub fn open(log: PartitionLog, hint: SnapshotHint) -> io::Result<LogStore> {
+    /// `end` is shared with the group's state machine.
+    pub(super) fn open(
+        log: PartitionLog,
+        end: SnapshotEnd,
+        restarted: Option<LogRestarted>,
+    ) -> io::Result<LogStore> {
         let meta = Arc::new(GroupMeta::open(log.dir())?);
-        Ok(LogStore { log, meta, hint })
+        Ok(LogStore {
+            log,
+            meta,
+            end,
+            restarted,
+        })
     }
 
     fn reader(&self) -> LogReader {
@@ -300,7 +273,7 @@ impl Drop for LogStore {
 
 /// Reads a group's log; every clone sees every append as soon as `append` returns.
 #[derive(Clone)]
-pub struct LogReader {
+pub(super) struct LogReader {
     log: PartitionLog,
     meta: Arc<GroupMeta>,
 }
@@ -393,8 +366,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let bytes = encode_vote(vote);
         let dir = self.meta.dir.clone();
-        blocking(move || crate::fsutil::write_atomically(&dir, &dir.join(VOTE_FILE), &bytes))
-            .await?;
+        blocking(move || {
+            strata_storage::durable::replace(&dir, &dir.join(VOTE_FILE), &bytes).map_err(io_err)
+        })
+        .await?;
         *lock(&self.meta.vote) = Some(*vote);
         Ok(())
     }
@@ -486,10 +461,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // A snapshot ahead of the whole log: restart the log after it, at the offset the
         // snapshot recorded (without one, nothing was appended since: keep the next offset).
-        let next_offset = self.hint.next_offset_at(index).unwrap_or(state.next_offset);
+        let next_offset = self.end.next_offset_at(index).unwrap_or(state.next_offset);
         let last = to_storage_log_id(&log_id);
         blocking(move || log.reset(last, next_offset).map_err(io_err)).await?;
-        self.hint.publish(next_offset);
+        if let Some(restarted) = &self.restarted {
+            restarted(next_offset);
+        }
         Ok(())
     }
 }

@@ -1,21 +1,25 @@
-//! openraft's storage conformance suite against [`LogStore`] and [`PartitionSm`].
+//! openraft's storage conformance suite, for [`LogStore`] with any [`Machine`].
 
-use std::sync::Arc;
+use std::path::Path;
 
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use strata_storage::{LogConfig, PartitionLog};
-use tokio::sync::watch;
 
-use super::store::SnapshotHint;
-use super::{LogStore, PartitionSm, TypeConfig};
+use super::TypeConfig;
+use super::machine::{Machine, StateMachine};
+use super::snapshot::SnapshotEnd;
+use super::store::LogStore;
 
-struct Builder;
+struct Builder<F>(F);
 
-impl StoreBuilder<TypeConfig, LogStore, PartitionSm, tempfile::TempDir> for Builder {
+impl<F> StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder<F>
+where
+    F: Fn(&Path, PartitionLog) -> Box<dyn Machine> + Send + Sync,
+{
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, PartitionSm), StorageError<TypeConfig>> {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = LogConfig {
             segment_bytes: 1 << 20,
@@ -23,17 +27,19 @@ impl StoreBuilder<TypeConfig, LogStore, PartitionSm, tempfile::TempDir> for Buil
             ..LogConfig::default()
         };
         let log = PartitionLog::open(dir.path(), config).expect("log opens");
-        let (hw, _) = watch::channel(0);
-        let hint = SnapshotHint::publishing(Arc::new(hw));
-        let store = LogStore::open(log.clone(), hint.clone()).expect("store opens");
-        let sm = PartitionSm::open(dir.path(), hint, log).expect("state machine opens");
+        let end = SnapshotEnd::default();
+        let store = LogStore::open(log.clone(), end.clone(), None).expect("store opens");
+        let machine = (self.0)(dir.path(), log);
+        let sm = StateMachine::open(dir.path(), end, machine).expect("state machine opens");
         Ok((dir, store, sm))
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openraft_storage_conformance_suite() {
-    Suite::test_all(Builder)
+/// Runs the whole suite with the machines `make` builds (from the group's directory and log).
+pub(crate) async fn conformance_suite(
+    make: impl Fn(&Path, PartitionLog) -> Box<dyn Machine> + Send + Sync + 'static,
+) {
+    Suite::test_all(Builder(make))
         .await
         .expect("every conformance test passes");
 }

@@ -2,27 +2,25 @@
 //! run on the partitions' leaders and merged.
 //!
 //! - `schema`: the fields, and how a record becomes a document;
-//! - `index`: a replica's index and the task that feeds it from the log;
-//! - `query`: parsing what users type, and running it on one partition.
+//! - `index`: a replica's index as the node sees it ([`PartitionIndex`]), held by the
+//!   replica;
+//! - `writer`: writing, committing and rebuilding an index;
+//! - `feed`: the task that feeds a replica's index from its committed log;
+//! - `query`: parsing what users type, and running it on one partition;
+//! - `scatter`: [`scatter::Search`], a query over the cluster: scattered to the partitions' leaders,
+//!   hits read from the logs, merged.
 //!
-//! The gRPC side (scatter, gather, reading the hits' records from the logs) is in
-//! `service::search`.
+//! `index`, `writer`, `schema` and `query` import nothing of the node's (the replicas hold
+//! an index through them); `feed` and `scatter` run over the replicas and import `replica`
+//! and `topics`. This module re-exports only the former.
 
+pub mod feed;
 pub mod index;
 pub mod query;
+pub mod scatter;
 pub(crate) mod schema;
+pub mod writer;
 
-pub use index::{IndexCounters, PartitionIndex, index_batches};
+pub use index::{IndexCounters, PartitionIndex};
 pub use query::{LocalHit, PartitionHits, SearchOrder, SearchSpec, parse};
-
-/// Checks a topic's list of fields to index.
-pub fn validate_fields(fields: &[String]) -> Result<(), String> {
-    for f in fields {
-        if f.is_empty() || f.split('.').any(str::is_empty) || f.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "search field `{f}` is not a JSON path (names separated by dots, e.g. http.status)"
-            ));
-        }
-    }
-    Ok(())
-}
+pub use writer::index_batches;

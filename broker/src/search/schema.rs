@@ -120,6 +120,18 @@ impl Projection {
     }
 }
 
+/// Checks a topic's list of fields to index: each a JSON path (names separated by dots).
+pub(crate) fn validate_fields(fields: &[String]) -> Result<(), String> {
+    for f in fields {
+        if f.is_empty() || f.split('.').any(str::is_empty) || f.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "search field `{f}` is not a JSON path (names separated by dots, e.g. http.status)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn insert_path(out: &mut Map<String, Value>, path: &[String], value: Value) {
     let Some((last, parents)) = path.split_last() else {
         return;

@@ -17,7 +17,6 @@ use std::path::Path;
 use crate::batch::le;
 use crate::entry::LogId;
 use crate::error::{Error, Result};
-use crate::segment::file;
 
 const MAGIC: [u8; 6] = *b"STRSTA";
 const VERSION: u8 = 1;
@@ -87,7 +86,7 @@ impl LogStart {
 
     /// Durably replaces the log-start file of `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        file::replace(dir, &dir.join(FILE_NAME), &self.encode())
+        crate::durable::replace(dir, &dir.join(FILE_NAME), &self.encode())
     }
 }
 

@@ -63,13 +63,6 @@ pub(crate) fn sync_data(file: &File, path: &Path) -> Result<()> {
     file.sync_data().map_err(|e| Error::io(path, e))
 }
 
-/// fsyncs a directory, making creations, renames and deletions in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
 /// Removes a file; a file already gone is fine.
 pub(crate) fn remove(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
@@ -77,19 +70,4 @@ pub(crate) fn remove(path: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, e)),
     }
-}
-
-/// Atomically replaces `path` with `bytes`: write a temporary file, sync, rename, sync dir.
-pub(crate) fn replace(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    write_at(&file, &tmp, 0, bytes)?;
-    sync_data(&file, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(dir)
 }

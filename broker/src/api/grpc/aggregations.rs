@@ -1,0 +1,244 @@
+//! `Aggregations`: define, drop, list, describe, query and watch windowed aggregations
+//! (the feature is [`crate::agg::query::Aggregations`]; this converts to and from the API's
+//! messages).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_core::Stream;
+use strata_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::agg::Selection;
+use crate::agg::def::{AggregationDef, DEFAULT_RETAIN_MS, GroupBy, Measure, TimeSource, Window};
+use crate::error::Error;
+
+/// How often a watch looks for changed windows.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// A definition from its API form; the error says what is wrong.
+pub fn spec_to_def(spec: v1::AggregationSpec) -> Result<AggregationDef, Error> {
+    let bad = Error::InvalidArgument;
+    let window = Window::parse(&spec.window).map_err(bad)?;
+    let time = if spec.time_field.trim().is_empty() {
+        TimeSource::Timestamp
+    } else {
+        TimeSource::Field(spec.time_field.trim().to_string())
+    };
+    let group_by = spec
+        .group_by
+        .iter()
+        .map(|g| GroupBy::parse(g))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    let measures = spec
+        .measures
+        .iter()
+        .map(|m| Measure::parse(m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    let def = AggregationDef {
+        name: spec.name,
+        topic: spec.topic,
+        window,
+        time,
+        group_by,
+        filter: Some(spec.filter.trim().to_string()).filter(|f| !f.is_empty()),
+        measures,
+        lateness_ms: spec.lateness_ms,
+        retain_ms: if spec.retain_ms == 0 {
+            DEFAULT_RETAIN_MS
+        } else {
+            spec.retain_ms
+        },
+        emit_to: Some(spec.emit_to.trim().to_string()).filter(|t| !t.is_empty()),
+        backfill: spec.backfill,
+    };
+    def.validate().map_err(Error::InvalidArgument)?;
+    Ok(def)
+}
+
+/// The API form of a definition.
+pub fn def_to_spec(def: &AggregationDef, id: u64) -> v1::AggregationSpec {
+    v1::AggregationSpec {
+        name: def.name.clone(),
+        topic: def.topic.clone(),
+        window: def.window.to_string(),
+        time_field: match &def.time {
+            TimeSource::Timestamp => String::new(),
+            TimeSource::Field(f) => f.clone(),
+        },
+        group_by: def.group_by.iter().map(ToString::to_string).collect(),
+        filter: def.filter.clone().unwrap_or_default(),
+        measures: def.measures.iter().map(ToString::to_string).collect(),
+        lateness_ms: def.lateness_ms,
+        retain_ms: def.retain_ms,
+        emit_to: def.emit_to.clone().unwrap_or_default(),
+        backfill: def.backfill,
+        id,
+    }
+}
+
+/// A stream of watch answers.
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<v1::WatchAggregationResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::aggregations_server::Aggregations for Api {
+    async fn create(
+        &self,
+        request: Request<v1::CreateAggregationRequest>,
+    ) -> Result<Response<v1::CreateAggregationResponse>, Status> {
+        self.check_serving()?;
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Error::InvalidArgument("no aggregation spec".into()))?;
+        let id = self.node.aggregations.create(spec_to_def(spec)?).await?;
+        Ok(Response::new(v1::CreateAggregationResponse { id }))
+    }
+
+    async fn drop(
+        &self,
+        request: Request<v1::DropAggregationRequest>,
+    ) -> Result<Response<v1::DropAggregationResponse>, Status> {
+        self.check_serving()?;
+        let name = request.into_inner().name;
+        self.node.aggregations.drop(&name).await?;
+        Ok(Response::new(v1::DropAggregationResponse {}))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<v1::ListAggregationsRequest>,
+    ) -> Result<Response<v1::ListAggregationsResponse>, Status> {
+        let aggregations = self
+            .node
+            .aggregations
+            .list()
+            .iter()
+            .map(|a| def_to_spec(&a.def, a.id))
+            .collect();
+        Ok(Response::new(v1::ListAggregationsResponse { aggregations }))
+    }
+
+    async fn describe(
+        &self,
+        request: Request<v1::DescribeAggregationRequest>,
+    ) -> Result<Response<v1::DescribeAggregationResponse>, Status> {
+        self.check_serving()?;
+        let name = request.into_inner().name;
+        let aggregations = &self.node.aggregations;
+        let meta = aggregations.get(&name)?;
+        let query = v1::QueryAggregationRequest {
+            name,
+            stats_only: true,
+            ..Default::default()
+        };
+        let (_, partitions) = aggregations
+            .gather(&meta, &Selection::default(), &query)
+            .await?;
+        let out_partitions = meta
+            .def
+            .emit_to
+            .as_ref()
+            .map_or(0, |t| self.node.topics.partition_count(t));
+        let output = (0..out_partitions)
+            .map(|p| {
+                let progress = meta.emitted.get(&p);
+                v1::OutputProgress {
+                    partition: p,
+                    upto_ms: progress.map(|e| e.upto),
+                    records: progress.map_or(0, |e| e.next_seq.max(0) as u64),
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::DescribeAggregationResponse {
+            spec: Some(def_to_spec(&meta.def, meta.id)),
+            partitions,
+            output,
+        }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<v1::QueryAggregationRequest>,
+    ) -> Result<Response<v1::QueryAggregationResponse>, Status> {
+        self.check_serving()?;
+        Ok(Response::new(
+            self.node.aggregations.query(request.into_inner()).await?,
+        ))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchAggregationRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let request = request.into_inner();
+        let query = v1::QueryAggregationRequest {
+            name: request.name,
+            from_ms: request.from_ms,
+            r#where: request.r#where,
+            ..Default::default()
+        };
+        // The first answer checks the request (unknown aggregation, bad selection).
+        self.check_serving()?;
+        let initial = self.node.aggregations.query(query.clone()).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut seen: HashMap<(i64, Vec<String>, i64), v1::AggregationRow> = HashMap::new();
+            let mut answer = Ok(initial);
+            let mut first = true;
+            loop {
+                let rows = match answer {
+                    Ok(a) => {
+                        let changed: Vec<v1::AggregationRow> = a
+                            .rows
+                            .into_iter()
+                            .filter(|r| {
+                                let key = (r.start_ms, r.group.clone(), r.end_ms);
+                                if seen.get(&key) == Some(r) {
+                                    return false;
+                                }
+                                seen.insert(key, r.clone());
+                                true
+                            })
+                            .collect();
+                        Ok(v1::WatchAggregationResponse {
+                            measures: a.measures,
+                            group_by: a.group_by,
+                            rows: changed,
+                        })
+                    }
+                    Err(e) => Err(super::status::status(&e)),
+                };
+                let failed = rows.is_err();
+                // The first answer always goes out (it names the measures); later ones only
+                // when a window changed.
+                let quiet = matches!(&rows, Ok(r) if r.rows.is_empty()) && !first;
+                first = false;
+                if !quiet && tx.send(rows).await.is_err() || failed {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(WATCH_EVERY) => {}
+                    () = tx.closed() => return,
+                }
+                answer = match api.check_serving() {
+                    Ok(()) => api.node.aggregations.query(query.clone()).await,
+                    Err(e) => Err(e),
+                };
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as WatchStream
+        ))
+    }
+}

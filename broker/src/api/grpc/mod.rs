@@ -1,0 +1,73 @@
+//! The gRPC services of a node (`strata.v1`): Produce, Fetch, Metadata, Admin, Groups,
+//! Aggregations, Search and Health, all implemented by [`Api`] over the shared [`Node`].
+//! Every service is wrapped in [`observe::Observe`], which times and counts its calls.
+
+mod admin;
+mod aggregations;
+mod fetch;
+mod groups;
+mod health;
+mod observe;
+mod produce;
+mod search;
+pub mod status;
+
+use std::sync::Arc;
+
+use strata_proto::v1;
+use tower_layer::Layer;
+
+use self::observe::Observe;
+use crate::error::Error;
+use crate::node::Node;
+
+/// The implementation of every service.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+}
+
+impl Api {
+    /// Services over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Api { node }
+    }
+
+    fn check_serving(&self) -> Result<(), Error> {
+        if self.node.is_serving() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("the node is shutting down".into()))
+        }
+    }
+}
+
+/// The record count in a batch header (the batch was validated when it was written).
+fn record_count(batch: &[u8]) -> u64 {
+    batch.get(19..23).map_or(0, |b| {
+        u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    })
+}
+
+/// Every client service, each observed, with the node's message size limits.
+pub(crate) fn routes(node: &Arc<Node>) -> tonic::service::Routes {
+    let api = Api::new(node.clone());
+    let observe = Observe::new(node.metrics.clone());
+    let max_request = node.config.max_request_bytes as usize;
+    tonic::service::Routes::new(observe.layer(
+        v1::produce_server::ProduceServer::new(api.clone()).max_decoding_message_size(max_request),
+    ))
+    .add_service(observe.layer(
+        v1::fetch_server::FetchServer::new(api.clone()).max_encoding_message_size(max_request),
+    ))
+    .add_service(observe.layer(v1::metadata_server::MetadataServer::new(api.clone())))
+    .add_service(observe.layer(v1::admin_server::AdminServer::new(api.clone())))
+    .add_service(observe.layer(v1::groups_server::GroupsServer::new(api.clone())))
+    .add_service(observe.layer(v1::search_server::SearchServer::new(api.clone())))
+    .add_service(
+        observe.layer(v1::aggregations_server::AggregationsServer::new(
+            api.clone(),
+        )),
+    )
+    .add_service(observe.layer(v1::health_server::HealthServer::new(api)))
+}

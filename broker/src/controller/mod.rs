@@ -1,0 +1,26 @@
+//! The controller: a Raft group over every node of the cluster that holds its metadata
+//! ([`ClusterState`]), the commands that change it and the rules they are checked against
+//! when applied ([`Command`]), and how a node proposes them from wherever it runs
+//! ([`Cluster`]).
+//!
+//! - `state`: the metadata records: nodes, topics and their replica assignments, producer
+//!   ids, group offsets, aggregations and their output progress;
+//! - `topic`: a topic's settings ([`TopicConfig`], [`SearchSettings`]);
+//! - `command`: [`Command`], [`CommandResult`] and `ClusterState::apply`;
+//! - `machine`: the controller's state machine (applies, publishes, snapshots);
+//! - `cluster`: [`Cluster`], the node's handle: start, propose (forwarding to the leader),
+//!   register, follow the state.
+//!
+//! It imports `raft` (the group), `agg::def` (aggregation definitions are part of the state)
+//! and nothing that runs on top of it (replicas, topics, features' tasks, front doors).
+
+mod cluster;
+mod command;
+mod machine;
+mod state;
+mod topic;
+
+pub use cluster::{Cluster, ProposeError};
+pub use command::{Command, CommandResult};
+pub use state::{AggregationMeta, ClusterState, EmitProgress, NodeInfo, TopicMeta};
+pub use topic::{MAX_PARTITIONS, SearchSettings, TopicConfig};

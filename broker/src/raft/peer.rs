@@ -1,0 +1,208 @@
+//! The server side of node-to-node Raft traffic: [`RaftService`] looks up the group named in
+//! each request among the groups this node runs ([`Groups`]) and hands the request to it. A
+//! group this node does not run (yet) answers `NOT_FOUND`, a group that is stopping
+//! `UNAVAILABLE`; the sender treats both as unreachable and backs off. Controller commands
+//! forwarded by other nodes (`Propose`) go to the [`ForwardedProposals`] the node passes in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strata_proto::v1;
+use tonic::{Request, Response, Status};
+
+use super::wire::{SnapshotMessage, decode_append};
+use super::{CONTROLLER_GROUP, Group, GroupId, Snapshot};
+
+/// Takes the controller commands other nodes forward to this one while it leads the
+/// controller (`Raft.Propose`). The body is the command as the forwarding node encoded it,
+/// and the answer goes back as it is; an error is a body that does not decode.
+pub trait ForwardedProposals: Send + Sync + 'static {
+    /// Proposes a forwarded command; its encoded result.
+    fn propose(&self, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>>;
+}
+
+/// The groups this node runs, by id.
+#[derive(Clone, Default)]
+pub struct Groups {
+    inner: Arc<RwLock<HashMap<GroupId, Group>>>,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Groups")
+            .field("count", &self.read().len())
+            .finish()
+    }
+}
+
+impl Groups {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, Group>> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a group so that its peers reach it.
+    pub(super) fn insert(&self, id: GroupId, group: Group) {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, group);
+    }
+
+    /// Unregisters a group (before it stops).
+    pub fn remove(&self, id: GroupId) -> Option<Group> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id)
+    }
+
+    /// A group by id.
+    fn get(&self, id: GroupId) -> Option<Group> {
+        self.read().get(&id).cloned()
+    }
+
+    fn require(&self, id: GroupId) -> Result<Group, Status> {
+        self.get(id)
+            .ok_or_else(|| Status::not_found(format!("raft group {id:#x} is not on this node")))
+    }
+}
+
+/// The `strata.v1.Raft` service.
+#[derive(Clone)]
+pub struct RaftService {
+    groups: Groups,
+    proposals: Arc<dyn ForwardedProposals>,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService")
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftService {
+    /// The service for `groups`, with forwarded controller commands going to `proposals`.
+    pub fn new(groups: Groups, proposals: Arc<dyn ForwardedProposals>) -> Self {
+        RaftService { groups, proposals }
+    }
+
+    /// As a tonic service, without message size limits (batches are bounded by the
+    /// sender's AppendEntries byte cap).
+    pub fn into_server(self) -> v1::raft_server::RaftServer<RaftService> {
+        v1::raft_server::RaftServer::new(self)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+fn reply(body: &impl Serialize) -> Result<Response<v1::RaftReply>, Status> {
+    serde_json::to_vec(body)
+        .map(|b| {
+            Response::new(v1::RaftReply {
+                body: Bytes::from(b),
+            })
+        })
+        .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(msg: &v1::RaftMessage) -> Result<T, Status> {
+    serde_json::from_slice(&msg.body)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn stopped(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft group stopped: {e}"))
+}
+
+#[tonic::async_trait]
+impl v1::raft_server::Raft for RaftService {
+    async fn append(
+        &self,
+        request: Request<v1::RaftAppendRequest>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let (group, rpc) = decode_append(request.into_inner()).map_err(Status::invalid_argument)?;
+        let raft = self.groups.require(group)?;
+        let resp = raft.raft().append_entries(rpc).await.map_err(stopped)?;
+        reply(&resp)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let msg = request.into_inner();
+        let raft = self.groups.require(msg.group_id)?;
+        let rpc = decode(&msg)?;
+        let resp = raft.raft().vote(rpc).await.map_err(stopped)?;
+        reply(&resp)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let msg = request.into_inner();
+        let raft = self.groups.require(msg.group_id)?;
+        let rpc = decode(&msg)?;
+        let resp = raft.raft().pre_vote(rpc).await.map_err(stopped)?;
+        reply(&resp)
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let msg = request.into_inner();
+        let raft = self.groups.require(msg.group_id)?;
+        let SnapshotMessage { vote, meta, data } = decode(&msg)?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Bytes::from(data),
+        };
+        let resp = raft
+            .raft()
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(stopped)?;
+        reply(&resp)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let msg = request.into_inner();
+        if self.groups.get(CONTROLLER_GROUP).is_none() {
+            return Err(Status::unavailable("the controller is not running here"));
+        }
+        let body = self
+            .proposals
+            .propose(msg.body)
+            .await
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        Ok(Response::new(v1::RaftReply { body }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let msg = request.into_inner();
+        let raft = self.groups.require(msg.group_id)?;
+        let rpc = decode(&msg)?;
+        let resp = raft
+            .raft()
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(stopped)?;
+        reply(&resp)
+    }
+}
