@@ -159,6 +159,31 @@ pub enum Error {
         /// The partition's epoch for it.
         current: i16,
     },
+    /// The node is shutting down and takes no more requests.
+    #[error("unavailable: the node is shutting down")]
+    ShuttingDown,
+    /// Work moved to another task (a blocking file or index operation) panicked or was
+    /// cancelled.
+    #[error("unavailable: {what} task failed: {source}")]
+    TaskFailed {
+        /// What the task did.
+        what: &'static str,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// Another node of the cluster did not answer a request this node made for a client.
+    #[error("unavailable: node {node}: {reason}")]
+    PeerUnavailable {
+        /// The node.
+        node: u64,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The controller answered a command with something the command cannot answer (a bug
+    /// or a version mismatch between nodes).
+    #[error("unavailable: unexpected controller answer {0}")]
+    UnexpectedAnswer(String),
     /// An operation did not finish in time; it may still take effect.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -180,6 +205,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failed blocking task.
+    pub(crate) fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Error {
+        move |source| Error::TaskFailed { what, source }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -186,9 +186,7 @@ impl Topics {
             CommandResult::TopicExists => return Err(Error::TopicExists(name)),
             CommandResult::Invalid { message } => return Err(Error::InvalidArgument(message)),
             other => {
-                return Err(Error::Unavailable(format!(
-                    "unexpected controller answer {other:?}"
-                )));
+                return Err(other.unexpected());
             }
         };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -211,9 +209,7 @@ impl Topics {
             CommandResult::UnknownTopic => return Err(Error::UnknownTopic(name)),
             CommandResult::Invalid { message } => return Err(Error::InvalidArgument(message)),
             other => {
-                return Err(Error::Unavailable(format!(
-                    "unexpected controller answer {other:?}"
-                )));
+                return Err(other.unexpected());
             }
         }
         self.wait_until(timeout, |t| t.get(&name).is_err()).await;

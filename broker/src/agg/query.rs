@@ -113,9 +113,7 @@ impl Aggregations {
                 "aggregation `{name}`: its topic does not exist"
             ))),
             CommandResult::Invalid { message } => Err(Error::InvalidArgument(message)),
-            other => Err(Error::Unavailable(format!(
-                "unexpected controller answer {other:?}"
-            ))),
+            other => Err(other.unexpected()),
         }
     }
 
@@ -131,9 +129,7 @@ impl Aggregations {
                 Ok(())
             }
             CommandResult::UnknownAggregation => Err(Error::UnknownAggregation(name.to_string())),
-            other => Err(Error::Unavailable(format!(
-                "unexpected controller answer {other:?}"
-            ))),
+            other => Err(other.unexpected()),
         }
     }
 
@@ -308,7 +304,10 @@ async fn partial_query(
         rpc.query(request)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| Error::Unavailable(format!("node {node}: {}", s.message())))
+            .map_err(|s| Error::PeerUnavailable {
+                node,
+                reason: s.message().to_string(),
+            })
     })
     .await
     .map_err(|_| Error::Timeout(format!("node {node} did not answer the query in time")))?

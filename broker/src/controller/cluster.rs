@@ -18,6 +18,7 @@ use super::state::ClusterState;
 use crate::error::{Error, Result};
 use crate::raft::{
     Applied, CONTROLLER_GROUP, ForwardedProposals, Group, GroupStatus, RaftEnv, WriteError,
+    open_log,
 };
 
 /// Why a controller command was not applied here.
@@ -92,14 +93,7 @@ impl Cluster {
         log_config: LogConfig,
         voters: &[u64],
     ) -> Result<Cluster> {
-        let log = {
-            let dir = dir.to_owned();
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            tokio::task::spawn_blocking(move || PartitionLog::open(&dir, log_config))
-                .await
-                .map_err(|e| Error::Unavailable(format!("open task failed: {e}")))?
-                .map_err(|e| Error::from_storage("controller", 0, e))?
-        };
+        let log = open_log(dir, log_config, "controller", 0).await?;
         let (published, state) = watch::channel(Arc::new(ClusterState::default()));
         // Every node proposes the same membership; openraft accepts identical ones.
         let mut voters = voters.to_vec();
@@ -179,15 +173,16 @@ impl Cluster {
         if let Some(channel) = self.env.router.channel(node) {
             return Ok(channel);
         }
+        let unavailable = |reason: String| Error::PeerUnavailable { node, reason };
         let address = self
             .address_of(node)
-            .ok_or_else(|| Error::Unavailable(format!("node {node} has no known address")))?;
+            .ok_or_else(|| unavailable("no known address".into()))?;
         tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))?
+            .map_err(|e| unavailable(e.to_string()))?
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| Error::Unavailable(format!("node {node}: {e}")))
+            .map_err(|e| unavailable(e.to_string()))
     }
 
     /// Forwards `command` to `leader` (see [`ForwardedProposals`]).

@@ -107,6 +107,14 @@ pub enum CommandResult {
     },
 }
 
+impl CommandResult {
+    /// The error for an answer the command cannot give (a bug, or nodes of different
+    /// versions).
+    pub fn unexpected(self) -> crate::error::Error {
+        crate::error::Error::UnexpectedAnswer(format!("{self:?}"))
+    }
+}
+
 impl Command {
     /// The command as a one-record batch.
     pub fn to_batch(&self) -> Result<RecordBatch, String> {

@@ -366,9 +366,7 @@ impl Coordinator {
         };
         match self.cluster.propose(command, COMMIT_TIMEOUT).await? {
             CommandResult::Ok => Ok(()),
-            other => Err(Error::Unavailable(format!(
-                "unexpected controller answer {other:?}"
-            ))),
+            other => Err(other.unexpected()),
         }
     }
 

@@ -3,11 +3,12 @@
 //! metrics and its errors stay in here.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardReason, RaftError};
-use strata_storage::{PartitionLog, RecordBatch};
+use strata_storage::{LogConfig, PartitionLog, RecordBatch};
 
 use super::machine::{Machine, StateMachine};
 use super::snapshot::SnapshotEnd;
@@ -113,6 +114,23 @@ impl std::fmt::Debug for Group {
             .field("id", &format_args!("{:#x}", self.id))
             .finish_non_exhaustive()
     }
+}
+
+/// Opens the log a group keeps its entries in (creating its directory), on the blocking pool
+/// (recovery at open reads the active segment's tail). `topic` and `partition` name it in
+/// errors.
+pub async fn open_log(
+    dir: &Path,
+    config: LogConfig,
+    topic: &str,
+    partition: u32,
+) -> Result<PartitionLog> {
+    let dir = dir.to_owned();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    tokio::task::spawn_blocking(move || PartitionLog::open(&dir, config))
+        .await
+        .map_err(Error::task("open"))?
+        .map_err(|e| Error::from_storage(topic, partition, e))
 }
 
 impl Group {

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
-pub use group::{Group, GroupStatus, WriteError};
+pub use group::{Group, GroupStatus, WriteError, open_log};
 pub use machine::Machine;
 pub use network::Router;
 pub use peer::{ForwardedProposals, Groups, RaftService};

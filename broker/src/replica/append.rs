@@ -79,12 +79,7 @@ impl Partition {
                         self.topic, self.id
                     )));
                 }
-                Ok(Err(e)) => {
-                    return Err(Error::Unavailable(format!(
-                        "{}/{}: append task failed: {e}",
-                        self.topic, self.id
-                    )));
-                }
+                Ok(Err(e)) => return Err(Error::task("append")(e)),
                 Err(_) => {
                     return Err(Error::Timeout(format!(
                         "append to {}/{} not committed in time (it may still be)",

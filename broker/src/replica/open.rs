@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use strata_storage::{LogConfig, PartitionLog};
+use strata_storage::LogConfig;
 use tokio::sync::watch;
 
 use super::Partition;
@@ -13,8 +13,8 @@ use super::producers::ProducerTable;
 use super::watermark::HighWatermark;
 use crate::agg::PartitionAggs;
 use crate::controller::{ClusterState, SearchSettings};
-use crate::error::{Error, Result};
-use crate::raft::{Group, RaftEnv, partition_group};
+use crate::error::Result;
+use crate::raft::{Group, RaftEnv, open_log, partition_group};
 use crate::search::PartitionIndex;
 
 /// Which partition a replica is of.
@@ -48,14 +48,7 @@ impl Partition {
             partition: id,
             replicas,
         } = of;
-        let log = {
-            let dir = dir.to_owned();
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            tokio::task::spawn_blocking(move || PartitionLog::open(&dir, log_config))
-                .await
-                .map_err(|e| Error::Unavailable(format!("open task failed: {e}")))?
-                .map_err(|e| Error::from_storage(&topic, id, e))?
-        };
+        let log = open_log(dir, log_config, &topic, id).await?;
         let high_watermark = HighWatermark::default();
         let producers = Arc::new(Mutex::new(ProducerTable::default()));
         let aggs = Arc::new(Mutex::new(PartitionAggs::default()));

@@ -287,7 +287,7 @@ impl Search {
         .await;
         let mut merged = Merged::default();
         for (p, f) in replicas.iter().zip(found) {
-            let f = f.map_err(|e| Error::Unavailable(format!("search task failed: {e}")))??;
+            let f = f.map_err(Error::task("search"))??;
             merged.add_found(p, f);
         }
         // Only the hits that make the answer are read from the logs.
@@ -308,7 +308,7 @@ impl Search {
             Ok::<_, Error>((out, dropped))
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("search task failed: {e}")))?;
+        .map_err(Error::task("search"))?;
         let (hits, dropped) = read?;
         merged.hits = hits;
         // Hits whose records retention deleted since the search ran are not counted either,
@@ -480,7 +480,10 @@ impl Search {
                     if s.code() == tonic::Code::InvalidArgument {
                         Error::InvalidArgument(s.message().to_string())
                     } else {
-                        Error::Unavailable(format!("node {node}: {}", s.message()))
+                        Error::PeerUnavailable {
+                            node,
+                            reason: s.message().to_string(),
+                        }
                     }
                 })
         })

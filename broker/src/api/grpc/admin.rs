@@ -222,7 +222,7 @@ impl v1::admin_server::Admin for Api {
             }
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("describe task failed: {e}")))??;
+        .map_err(Error::task("describe"))??;
         let partitions = partitions
             .into_iter()
             .map(|s| v1::PartitionStatus {

@@ -287,7 +287,7 @@ impl FetchJob {
             () = tokio::time::sleep(wait) => Woken::TimedOut,
             () = tx.closed() => Woken::Gone,
             () = node.stopped() => {
-                let _ = tx.send(Err(status::status(&Error::Unavailable("the node is shutting down".into())))).await;
+                let _ = tx.send(Err(status::status(&Error::ShuttingDown))).await;
                 Woken::Gone
             }
         }

@@ -37,7 +37,7 @@ impl Api {
         if self.node.is_serving() {
             Ok(())
         } else {
-            Err(Error::Unavailable("the node is shutting down".into()))
+            Err(Error::ShuttingDown)
         }
     }
 }

@@ -41,9 +41,7 @@ impl v1::produce_server::Produce for Api {
                 producer_id: id,
                 producer_epoch: 0,
             })),
-            other => {
-                Err(Error::Unavailable(format!("unexpected controller answer {other:?}")).into())
-            }
+            other => Err(other.unexpected().into()),
         }
     }
 }

@@ -30,7 +30,12 @@ pub fn code(e: &Error) -> ErrorCode {
         Error::NotLeader { .. } => ErrorCode::NotLeader,
         Error::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         Error::ProducerFenced { .. } => ErrorCode::ProducerFenced,
-        Error::Unavailable(_) | Error::Bind { .. } => ErrorCode::Unavailable,
+        Error::Unavailable(_)
+        | Error::ShuttingDown
+        | Error::TaskFailed { .. }
+        | Error::PeerUnavailable { .. }
+        | Error::UnexpectedAnswer(_)
+        | Error::Bind { .. } => ErrorCode::Unavailable,
     }
 }
 
