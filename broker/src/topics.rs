@@ -189,10 +189,10 @@ impl Topics {
                 return Err(other.unexpected());
             }
         };
-        let deadline = tokio::time::Instant::now() + timeout;
         self.wait_until(timeout, |t| t.get(&name).is_ok_and(|t| t.id == id))
             .await;
         let topic = self.get(&name)?;
+        let deadline = tokio::time::Instant::now() + timeout;
         for p in &topic.partitions {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             p.wait_for_leader(left).await;
