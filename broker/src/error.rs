@@ -1,7 +1,7 @@
 //! The broker's error type.
 //!
 //! Request errors (unknown topic, bad batch, stale group member, ...) are answered with a
-//! typed gRPC status and the node keeps serving; see `service::status` for the mapping.
+//! typed gRPC status and the node keeps serving; see `api::grpc::status` for the mapping.
 //! Storage errors are reported with the partition they hit.
 
 use std::path::PathBuf;

@@ -172,6 +172,14 @@ impl Metrics {
             .inc();
     }
 
+    /// The request metrics alone, as text.
+    #[cfg(test)]
+    pub(crate) fn render_requests(&self) -> String {
+        let mut out = String::new();
+        let _ = encode_registry(&mut out, &self.registry);
+        out
+    }
+
     /// The text exposition, with per-partition and per-group values read now.
     pub fn render(&self, topics: &Topics, groups: &Coordinator) -> String {
         let mut scrape = Registry::with_prefix("strata");

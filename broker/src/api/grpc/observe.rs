@@ -132,6 +132,67 @@ mod tests {
     use crate::api::grpc::status;
     use crate::error::Error;
 
+    /// A service that knows one method and answers every other as gRPC does.
+    #[derive(Clone)]
+    struct OneMethod;
+
+    impl NamedService for OneMethod {
+        const NAME: &'static str = "strata.v1.Produce";
+    }
+
+    impl Service<http::Request<()>> for OneMethod {
+        type Response = http::Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<http::Response<()>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            let status = match request.uri().path() {
+                "/strata.v1.Produce/Produce" => status::status(&Error::UnknownTopic("t".into())),
+                _ => tonic::Status::unimplemented("no such method"),
+            };
+            let mut response = http::Response::new(());
+            status
+                .add_header(response.headers_mut())
+                .expect("a status fits in headers");
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_are_labelled_by_method_and_unknown_methods_share_one_label() {
+        let metrics = Arc::new(Metrics::new());
+        let mut service = Observe::new(metrics.clone()).layer(OneMethod);
+        let call = |path: String| http::Request::builder().uri(path).body(()).unwrap();
+        service
+            .call(call("/strata.v1.Produce/Produce".into()))
+            .await
+            .unwrap();
+        for i in 0..100 {
+            service
+                .call(call(format!("/strata.v1.Produce/Made-up-{i}")))
+                .await
+                .unwrap();
+        }
+        let text = metrics.render_requests();
+        assert!(
+            text.contains(
+                r#"strata_request_errors_total{rpc="Produce/Produce",code="UNKNOWN_TOPIC"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"strata_request_errors_total{rpc="Produce/unknown",code="UNIMPLEMENTED"} 100"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Made-up"), "{text}");
+    }
+
     #[test]
     fn error_codes_come_from_the_detail_or_the_status() {
         let s = status::status(&Error::NotLeader {
