@@ -4,6 +4,8 @@
 - No import circle between modules (files), other than a parent module and its children.
 - No file under broker/src/raft/ imports the domain: controller, replica, agg, search,
   topics, groups, api, node, server.
+- Every import goes to the importer's layer or one below it, the layers being those of
+  ARCHITECTURE.md ("Layers"), listed bottom up in LAYERS.
 - Nothing outside raft/ names `openraft` (it uses the aliases raft/ exports).
 - No source file in the workspace over 700 lines; no test file over 800.
 - No `allow(clippy::type_complexity)`.
@@ -22,6 +24,31 @@ SRC = os.path.join(ROOT, "broker", "src")
 RAFT_MAY_NOT = {"controller", "replica", "agg", "search", "topics", "groups", "api", "node", "server"}
 MAX_SOURCE, MAX_TEST = 700, 800
 MODULES = set()
+# ARCHITECTURE.md's layers, bottom up: each a list of module paths (a path covers its
+# children). A module not listed is on the ground floor.
+LAYERS = [
+    ["raft"],
+    ["agg", "search"],  # the features' pure halves (their tasks are listed higher up)
+    ["controller"],
+    ["replica"],
+    ["search::feed"],
+    ["topics"],
+    ["agg::query", "agg::reconcile", "agg::emit", "search::scatter", "groups"],
+    ["node", "metrics"],
+    ["api"],
+    ["server"],
+]
+
+
+def layer_of(m):
+    """The layer of module `m`: the most specific path listed that covers it."""
+    best, level = -1, 0
+    for i, paths in enumerate(LAYERS):
+        for p in paths:
+            parts = tuple(p.split("::"))
+            if m[: len(parts)] == parts and len(parts) > best:
+                best, level = len(parts), i + 1
+    return level
 
 
 def module_of(path):
@@ -139,6 +166,13 @@ def main():
                     failures.append(f"{name(m)} imports {name(t)} (raft/ imports no domain module)")
         elif re.search(r"\bopenraft(_multi)?::", code[m]):
             failures.append(f"{name(m)} names openraft (use the aliases raft/ exports)")
+    # Layers.
+    for m, ts in edges.items():
+        if m == ():
+            continue
+        for t in ts:
+            if t != () and layer_of(t) > layer_of(m):
+                failures.append(f"{name(m)} imports {name(t)}, a layer above it (ARCHITECTURE.md)")
     # File sizes and lints, workspace-wide.
     for dirpath, dirs, names in os.walk(ROOT):
         dirs[:] = [d for d in dirs if d not in ("target", ".git", "node_modules")]
@@ -220,23 +254,29 @@ def tarjan(edges):
 
 
 def cycle_in(scc, edges):
-    """One cycle through the component, for the message."""
+    """One cycle through the component that has an edge other than parent-child, for the
+    message (the shortest back from such an edge)."""
     inside = set(scc)
-    start = sorted(scc)[0]
-    path, seen = [start], {start}
-    def dfs(v):
-        for w in sorted(edges[v]):
-            if w == start and len(path) > 1:
-                return True
-            if w in inside and w not in seen:
-                seen.add(w)
-                path.append(w)
-                if dfs(w):
-                    return True
-                path.pop()
-        return False
-    dfs(start)
-    return path + [start]
+    related = lambda u, v: u[:-1] == v or v[:-1] == u
+    for u in sorted(scc):
+        for v in sorted(edges[u]):
+            if v not in inside or related(u, v):
+                continue
+            # Shortest path v -> u inside the component.
+            back, queue = {v: None}, [v]
+            while queue:
+                w = queue.pop(0)
+                if w == u:
+                    trail = []  # u, ..., v following the back pointers
+                    while w is not None:
+                        trail.append(w)
+                        w = back[w]
+                    return [u] + trail[::-1]
+                for x in sorted(edges[w]):
+                    if x in inside and x not in back:
+                        back[x] = w
+                        queue.append(x)
+    return sorted(scc)
 
 
 def name(m):

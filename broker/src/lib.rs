@@ -17,24 +17,24 @@
 //! ```
 //!
 //! # Layout
-//! Bottom up; each module imports only those above it in this list, except where noted.
-//! ARCHITECTURE.md has a paragraph per module on what it may and may not import.
+//! Bottom up; each module imports only those before it in this list. ARCHITECTURE.md has a
+//! paragraph per module on what it owns and may import.
 //! - [`config`], [`error`](Error), `names` (naming rules), `lock`, [`process`]: the
 //!   ground floor.
 //! - [`raft`]: openraft glue only: the log store over a storage log, the state-machine
 //!   adapter over a domain [`raft::Machine`], snapshots, the group handle, the peer service
 //!   and network. It imports no domain module.
-//! - [`agg`]: windowed aggregations. Its pure half (definitions, state, the fold) is what
-//!   replicas apply; its tasks (`query`, `reconcile`, `emit`) run over the replicas.
-//! - [`search`]: the index handle, writer, schema and queries; its tasks (`feed`,
-//!   `scatter`) run over the replicas.
+//! - The pure halves of the features, which replicas apply and hold: [`agg`] (definitions,
+//!   state, the fold) and [`search`] (`index`, `writer`, `schema`, `query`).
 //! - [`controller`]: the cluster's metadata state machine, commands and their validation,
 //!   topic settings, and proposing from any node ([`controller::Cluster`]).
 //! - [`replica`]: one partition replica: append (producer de-duplication), read, its state
 //!   machine (high watermark, producers, the aggregations' fold), retention.
+//! - `search::feed`: the indexer of each replica.
 //! - [`topics`]: the topics and replicas this node holds, following the controller.
-//! - [`groups`]: the consumer-group coordinator.
-//! - `metrics`, `node` (the state shared by the front doors and tasks).
+//! - The services and tasks over the topics: `agg::{query, reconcile, emit}`,
+//!   `search::scatter`, [`groups`] (the consumer-group coordinator).
+//! - `node` (the state the front doors share), `metrics`.
 //! - `api`: the front doors (`api::grpc`, `api::http`), converting and nothing more.
 //! - `server`: start, serve, background tasks, shutdown.
 #![forbid(unsafe_code)]
