@@ -61,7 +61,7 @@ impl Emitter {
         }
     }
 
-    /// Runs a round every [`EMIT_EVERY`], for as long as the node runs.
+    /// Runs a round every 500 ms, for as long as the node runs.
     pub async fn run(self) {
         let mut tick = tokio::time::interval(EMIT_EVERY);
         loop {

@@ -17,7 +17,7 @@
 //!
 //! The half that runs on the node, over its replicas (it imports `replica` and `topics`;
 //! the pure half never imports it):
-//! - [`query`]: [`Aggregations`], definitions through the controller and queries gathered
+//! - [`query`]: [`query::Aggregations`], definitions through the controller and queries gathered
 //!   from every partition's replicas;
 //! - [`reconcile`]: the task that starts and stops aggregations in the partitions a node
 //!   leads;

@@ -15,7 +15,7 @@ use crate::topics::Topics;
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 
 /// Brings the aggregations running in the partitions this node leads in line with the
-/// controller's definitions, every [`RECONCILE_EVERY`], for as long as the node runs.
+/// controller's definitions, every 250 ms, for as long as the node runs.
 pub async fn run(topics: Arc<Topics>, cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     loop {

@@ -307,7 +307,7 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Sweeps every [`SWEEP_EVERY`], for as long as the node runs.
+    /// Sweeps every 250 ms, for as long as the node runs.
     pub async fn sweep_forever(&self) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         loop {

@@ -7,7 +7,7 @@
 //! - [`TypeConfig`]: one openraft type configuration for every group. A normal entry carries
 //!   a record batch ([`Batch`]); the controller's commands travel as one-record batches too,
 //!   so one log store implementation serves every group.
-//! - `store`: [`LogStore`], the `RaftLogStorage` over a `PartitionLog`, plus the small
+//! - `store`: `LogStore`, the `RaftLogStorage` over a `PartitionLog`, plus the small
 //!   checksummed vote and commit files.
 //! - `machine`: openraft's state machine over a domain [`Machine`]: the log position, the
 //!   answers to proposers, snapshots.

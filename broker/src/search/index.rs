@@ -1,5 +1,5 @@
 //! A partition replica's search index as the rest of the node sees it: its latest committed
-//! view ([`IndexSnapshot`]), how far it covers the log, a way to ask for fresher commits, and
+//! view (`IndexSnapshot`), how far it covers the log, a way to ask for fresher commits, and
 //! its counters. The index lives in `<partition dir>/search/`; the task that writes it is in
 //! `feed`, its writer in `writer`.
 
