@@ -152,9 +152,12 @@ impl Broker {
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .max_frame_size(HTTP2_MAX_FRAME)
             .concurrency_limit_per_connection(node.config.max_in_flight_per_connection)
-            .add_routes(api::grpc::routes(&node).add_service(
-                RaftService::new(env.groups.clone(), cluster.forwarded_proposals()).into_server(),
-            ))
+            .add_routes(
+                api::grpc::routes(&node).add_service(
+                    RaftService::new(env.groups.clone(), cluster.forwarded_proposals())
+                        .into_server(node.config.max_request_bytes as usize),
+                ),
+            )
             .serve_with_incoming_shutdown(no_delay(grpc), stopped(stop.subscribe()));
         servers.push(tokio::spawn(async move {
             if let Err(e) = grpc_server.await {

@@ -3,10 +3,12 @@
 //! stopping and deleting those of deleted topics), and the node-wide housekeeping over every
 //! replica (retention, leader balance).
 //!
-//! Layout: `<data_dir>/topics/<name>-<id>/<partition>/` (a partition log and its Raft
-//! files). Directories of deleted topics are renamed `.deleted-*` first, and those left
-//! behind by an interrupted deletion, or of topics deleted while the node was away, are
-//! removed when the node follows the cluster state.
+//! Layout: `<data_dir>/topics/<id>/<partition>/` (a partition log and its Raft files):
+//! paths come from ids, never from the names clients choose (a directory of the older
+//! `<name>-<id>` layout is renamed when its topic opens). Directories of deleted topics are
+//! renamed `.deleted-*` first, and those left behind by an interrupted deletion, or of
+//! topics deleted while the node was away, are removed when the node follows the cluster
+//! state; nothing outside the topics directory is ever deleted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -259,12 +261,27 @@ impl Topics {
         Ok(())
     }
 
-    fn dir_of(&self, name: &str, id: u32) -> PathBuf {
-        self.root.join(format!("{name}-{id}"))
+    /// A topic's directory: named by its id, never by its (client-chosen) name.
+    fn dir_of(&self, id: u32) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    /// Moves a topic's directory of the layout before issue 15 (`<name>-<id>`, the name a
+    /// client chose) to its id's.
+    fn migrate_dir(&self, name: &str, id: u32) -> Result<()> {
+        let (old, new) = (self.root.join(format!("{name}-{id}")), self.dir_of(id));
+        if crate::names::validate(name).is_err() || !old.is_dir() || new.exists() {
+            return Ok(());
+        }
+        std::fs::rename(&old, &new).map_err(|e| Error::io(&old, e))?;
+        sync_dir(&self.root)?;
+        tracing::info!(topic = %name, id, "topic directory renamed to its id");
+        Ok(())
     }
 
     async fn open_topic(&self, name: &str, meta: &TopicMeta) -> Result<Topic> {
-        let dir = self.dir_of(name, meta.id);
+        self.migrate_dir(name, meta.id)?;
+        let dir = self.dir_of(meta.id);
         let shared: Arc<str> = Arc::from(name);
         let mut partitions = Vec::new();
         for (p, replicas) in meta.replicas.iter().enumerate() {
@@ -308,7 +325,7 @@ impl Topics {
                 tracing::warn!(topic = %topic.name, partition = p.id(), error = %e, "closing a deleted partition failed");
             }
         }
-        let dir = self.dir_of(&topic.name, topic.id);
+        let dir = self.dir_of(topic.id);
         self.delete_dir(&dir)?;
         tracing::info!(topic = %topic.name, id = topic.id, "topic deleted");
         Ok(())
@@ -316,21 +333,20 @@ impl Topics {
 
     /// Deletes directories of topics the cluster deleted while this node was away.
     fn remove_stale_dirs(&self, state: &ClusterState) -> Result<()> {
-        let live: std::collections::BTreeSet<String> = state
-            .topics
-            .iter()
-            .map(|(name, t)| format!("{name}-{}", t.id))
-            .collect();
+        let live: std::collections::BTreeSet<u32> = state.topics.values().map(|t| t.id).collect();
         for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
             let entry = entry.map_err(|e| Error::io(&self.root, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale = if name.starts_with(".deleted-") {
                 true
             } else {
-                // `<name>-<id>` with an id the controller handed out and no longer has.
-                name.rsplit_once('-')
-                    .and_then(|(_, id)| id.parse::<u32>().ok())
-                    .is_some_and(|id| id < state.next_topic_id && !live.contains(&name))
+                // `<id>` (or the older `<name>-<id>`) with an id the controller handed out
+                // and no longer has.
+                let id = name
+                    .parse::<u32>()
+                    .ok()
+                    .or_else(|| name.rsplit_once('-').and_then(|(_, id)| id.parse().ok()));
+                id.is_some_and(|id| id < state.next_topic_id && !live.contains(&id))
             };
             if stale && entry.path().is_dir() {
                 self.delete_dir(&entry.path())?;
@@ -339,7 +355,12 @@ impl Topics {
         Ok(())
     }
 
+    /// Deletes a topic directory: only ever a direct child of the topics directory.
     fn delete_dir(&self, dir: &Path) -> Result<()> {
+        if dir.parent() != Some(self.root.as_path()) {
+            tracing::error!(path = %dir.display(), "refusing to delete a directory outside the topics directory");
+            return Ok(());
+        }
         if !dir.exists() {
             return Ok(());
         }

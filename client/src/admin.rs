@@ -66,6 +66,8 @@ pub struct PartitionDescription {
 pub struct TopicDescription {
     /// Name.
     pub name: String,
+    /// Id in the cluster (never reused; a topic deleted and created again gets a new one).
+    pub id: u32,
     /// Settings.
     pub spec: TopicSpec,
     /// Partitions (with offsets and sizes from `describe_topic`; only ids and leaders from
@@ -145,6 +147,7 @@ fn spec_of(config: Option<v1::TopicConfig>) -> TopicSpec {
 
 fn brief(t: v1::TopicMetadata) -> TopicDescription {
     TopicDescription {
+        id: t.id,
         partitions: t
             .partitions
             .iter()
@@ -339,6 +342,7 @@ impl Admin {
         let r = response.into_inner();
         let topic = r.topic.unwrap_or_default();
         Ok(TopicDescription {
+            id: topic.id,
             name: topic.name,
             spec: spec_of(topic.config),
             partitions: r

@@ -379,18 +379,27 @@ impl TestCluster {
         .await
     }
 
-    /// Directories of a partition's replicas (`topics/<name>-<id>/<partition>`) on every node.
-    pub fn replica_dirs(&self, topic: &str, partition: u32) -> Vec<(u64, PathBuf)> {
+    /// A topic's id (its directories are named by it), asked of a running node.
+    pub async fn topic_id(&self, topic: &str) -> u32 {
+        self.client()
+            .await
+            .admin()
+            .describe_topic(topic)
+            .await
+            .expect("the topic exists")
+            .id
+    }
+
+    /// Directories of a partition's replicas (`topics/<topic id>/<partition>`) on every node.
+    pub fn replica_dirs(&self, topic_id: u32, partition: u32) -> Vec<(u64, PathBuf)> {
         self.nodes
             .iter()
             .filter_map(|n| {
-                let topics = n.data_dir().join("topics");
-                let dir = std::fs::read_dir(&topics).ok()?.find_map(|e| {
-                    let e = e.ok()?;
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    (name.rsplit_once('-').map(|(t, _)| t) == Some(topic)).then(|| e.path())
-                })?;
-                let dir = dir.join(partition.to_string());
+                let dir = n
+                    .data_dir()
+                    .join("topics")
+                    .join(topic_id.to_string())
+                    .join(partition.to_string());
                 dir.exists().then_some((n.id, dir))
             })
             .collect()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
 use super::state::{AggregationMeta, ClusterState, EmitProgress, NodeInfo, TopicMeta};
-use super::topic::{MAX_PARTITIONS, TopicConfig};
+use super::topic::TopicConfig;
 use crate::agg::def::AggregationDef;
 
 /// A change to the cluster's metadata.
@@ -135,7 +135,12 @@ pub(super) fn invalid(message: impl Into<String>) -> CommandResult {
 
 impl ClusterState {
     /// Applies a command (deterministically: every node gets the same state and answer).
+    /// A command that breaks a rule is answered [`CommandResult::Invalid`] and changes
+    /// nothing, whoever proposed it.
     pub fn apply(&mut self, command: Command) -> CommandResult {
+        if let Err(message) = self.check(&command) {
+            return invalid(message);
+        }
         match command {
             Command::RegisterNode { id, address } => {
                 self.nodes.insert(id, NodeInfo { address });
@@ -150,9 +155,6 @@ impl ClusterState {
                 if nodes == 0 {
                     return invalid("the cluster has no nodes");
                 }
-                if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
-                    return invalid(format!("partitions must be between 1 and {MAX_PARTITIONS}"));
-                }
                 if config.replication_factor == 0 {
                     config.replication_factor = nodes.min(3);
                 }
@@ -162,9 +164,11 @@ impl ClusterState {
                         config.replication_factor
                     ));
                 }
-                self.next_topic_id = self.next_topic_id.max(1);
-                let id = self.next_topic_id;
-                self.next_topic_id += 1;
+                let id = self.next_topic_id.max(1);
+                let Some(next) = id.checked_add(1) else {
+                    return invalid("topic ids ran out");
+                };
+                self.next_topic_id = next;
                 let replicas = (0..config.partitions)
                     .map(|p| {
                         let start = (id as usize + p as usize) % voters.len();
@@ -205,9 +209,11 @@ impl ClusterState {
                 CommandResult::Ok
             }
             Command::AllocateProducerId => {
-                self.next_producer_id = self.next_producer_id.max(1);
-                let id = self.next_producer_id;
-                self.next_producer_id += 1;
+                let id = self.next_producer_id.max(1);
+                let Some(next) = id.checked_add(1) else {
+                    return invalid("producer ids ran out");
+                };
+                self.next_producer_id = next;
                 CommandResult::ProducerId { id }
             }
             Command::CommitOffsets { group, offsets } => {
@@ -235,12 +241,11 @@ impl ClusterState {
                         "output topic `{out}` does not exist: create it first"
                     ));
                 }
-                if let Err(e) = def.validate() {
-                    return invalid(e);
-                }
-                self.next_aggregation_id = self.next_aggregation_id.max(1);
-                let id = self.next_aggregation_id;
-                self.next_aggregation_id += 1;
+                let id = self.next_aggregation_id.max(1);
+                let Some(next) = id.checked_add(1) else {
+                    return invalid("aggregation ids ran out");
+                };
+                self.next_aggregation_id = next;
                 self.aggregations.insert(
                     def.name.clone(),
                     AggregationMeta {
@@ -280,7 +285,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::controller::state::EmitProgress;
+    use crate::controller::MAX_PARTITIONS;
     use crate::raft::Position;
 
     fn state_with(voters: &[u64]) -> ClusterState {
@@ -352,12 +357,114 @@ mod tests {
             id: 2,
             address: "127.0.0.1:7002".into(),
         });
-        s.apply(Command::CommitOffsets {
-            group: "g".into(),
-            offsets: vec![("u".into(), 1, 5)],
+        s.apply(Command::CreateTopic {
+            name: "v".into(),
+            config: topic(2, 0),
         });
+        assert_eq!(
+            s.apply(Command::CommitOffsets {
+                group: "g".into(),
+                offsets: vec![("v".into(), 1, 5)],
+            }),
+            CommandResult::Ok
+        );
         let back: ClusterState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+        assert_eq!(back.validate(), Ok(()));
+    }
+
+    /// Whoever proposes it (a proposer that skipped its checks, a command sent straight to
+    /// the controller), a command with a path for a name, a bad address, offsets of nothing
+    /// or a definition that does not hold is answered Invalid and changes nothing.
+    #[test]
+    fn commands_that_break_a_rule_change_nothing() {
+        let mut s = state_with(&[1, 2, 3]);
+        s.apply(Command::CreateTopic {
+            name: "t".into(),
+            config: topic(2, 0),
+        });
+        let before = s.clone();
+        let refused = [
+            Command::CreateTopic {
+                name: "../../x".into(),
+                config: topic(1, 0),
+            },
+            Command::CreateTopic {
+                name: "x/y".into(),
+                config: topic(1, 0),
+            },
+            Command::CreateTopic {
+                name: "ok".into(),
+                config: topic(MAX_PARTITIONS + 1, 0),
+            },
+            Command::CreateTopic {
+                name: "ok".into(),
+                config: TopicConfig {
+                    search: crate::controller::SearchSettings {
+                        enabled: true,
+                        fields: vec!["a..b".into()],
+                    },
+                    ..topic(1, 0)
+                },
+            },
+            Command::RegisterNode {
+                id: 9,
+                address: "127.0.0.1:7009".into(),
+            },
+            Command::RegisterNode {
+                id: 2,
+                address: "http://evil/x".into(),
+            },
+            Command::CommitOffsets {
+                group: "../g".into(),
+                offsets: vec![("t".into(), 0, 1)],
+            },
+            Command::CommitOffsets {
+                group: "g".into(),
+                offsets: vec![("nope".into(), 0, 1)],
+            },
+            Command::CommitOffsets {
+                group: "g".into(),
+                offsets: vec![("t".into(), 2, 1)],
+            },
+            Command::DeleteGroupOffsets {
+                group: String::new(),
+            },
+            Command::CreateAggregation {
+                def: Box::new(crate::agg::def::AggregationDef {
+                    name: "../a".into(),
+                    ..crate::agg::def::tests::sample("a", "t")
+                }),
+            },
+        ];
+        for command in refused {
+            let answer = s.apply(command.clone());
+            assert!(
+                matches!(answer, CommandResult::Invalid { .. }),
+                "{command:?} answered {answer:?}"
+            );
+            assert_eq!(s, before, "{command:?} changed the state");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_with_a_bad_name_or_id_is_refused() {
+        let mut s = state_with(&[1, 2, 3]);
+        s.apply(Command::CreateTopic {
+            name: "t".into(),
+            config: topic(2, 0),
+        });
+        assert_eq!(s.validate(), Ok(()));
+        let mut forged = s.clone();
+        let meta = forged.topics.remove("t").unwrap();
+        forged.topics.insert("../t".into(), meta);
+        assert!(forged.validate().is_err());
+        let mut forged = s.clone();
+        forged.topics.get_mut("t").unwrap().id = 7;
+        assert!(forged.validate().is_err());
+        let mut forged = s.clone();
+        forged.topics.get_mut("t").unwrap().replicas[0] = vec![4];
+        assert!(forged.validate().is_err());
     }
 
     #[test]

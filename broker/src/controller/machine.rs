@@ -66,6 +66,12 @@ impl Machine for ControllerMachine {
             )
         })?;
         state.position = position.clone();
+        state.validate().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("controller snapshot refused: {e}"),
+            )
+        })?;
         self.state = state;
         self.publish();
         Ok(())

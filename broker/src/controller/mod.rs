@@ -7,6 +7,8 @@
 //!   ids, group offsets, aggregations and their output progress;
 //! - `topic`: a topic's settings ([`TopicConfig`], [`SearchSettings`]);
 //! - `command`: [`Command`], [`CommandResult`] and `ClusterState::apply`;
+//! - `validate`: the rules every command is checked against when applied, and a whole
+//!   state when a snapshot brings it;
 //! - `machine`: the controller's state machine (applies, publishes, snapshots);
 //! - `cluster`: [`Cluster`], the node's handle: start, propose (forwarding to the leader),
 //!   register, follow the state.
@@ -19,6 +21,7 @@ mod command;
 mod machine;
 mod state;
 mod topic;
+mod validate;
 
 pub use cluster::{Cluster, ProposeError};
 pub use command::{Command, CommandResult};

@@ -366,6 +366,7 @@ impl Coordinator {
         };
         match self.cluster.propose(command, COMMIT_TIMEOUT).await? {
             CommandResult::Ok => Ok(()),
+            CommandResult::Invalid { message } => Err(Error::InvalidArgument(message)),
             other => Err(other.unexpected()),
         }
     }

@@ -41,6 +41,11 @@ pub use peer::{ForwardedProposals, Groups, RaftService};
 pub use snapshot::Position;
 pub use store::LogRestarted;
 
+/// The highest term a peer's message may carry. Elections raise a term by one, so a real
+/// cluster never gets near it; openraft computes `term + 1` and panics on overflow, so a
+/// message beyond this (a forged one) is refused before it reaches a group.
+pub const MAX_TERM: u64 = 1 << 48;
+
 /// Identifies a Raft group: [`CONTROLLER_GROUP`] or a partition's [`partition_group`].
 pub type GroupId = u64;
 

@@ -26,6 +26,8 @@ use super::{GroupId, Snapshot, TypeConfig, Vote};
 
 /// How long connecting to a peer may take before the attempt counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Largest reply a peer may send.
+const MAX_REPLY_BYTES: usize = 4 << 20;
 /// How long a forwarded controller command may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -101,8 +103,9 @@ impl Router {
                     .keep_alive_timeout(Duration::from_secs(5))
                     .keep_alive_while_idle(true)
                     .connect_lazy();
+                // Replies are small JSON (a vote, an append's answer, a command's result).
                 let client = RaftClient::new(channel.clone())
-                    .max_decoding_message_size(usize::MAX)
+                    .max_decoding_message_size(MAX_REPLY_BYTES)
                     .max_encoding_message_size(usize::MAX);
                 peers.insert(
                     id,

@@ -15,7 +15,7 @@ use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
 use super::wire::{SnapshotMessage, decode_append};
-use super::{CONTROLLER_GROUP, Group, GroupId, Snapshot};
+use super::{CONTROLLER_GROUP, Group, GroupId, MAX_TERM, Snapshot};
 
 /// Takes the controller commands other nodes forward to this one while it leads the
 /// controller (`Raft.Propose`). The body is the command as the forwarding node encoded it,
@@ -94,12 +94,13 @@ impl RaftService {
         RaftService { groups, proposals }
     }
 
-    /// As a tonic service, without message size limits (batches are bounded by the
-    /// sender's AppendEntries byte cap).
-    pub fn into_server(self) -> v1::raft_server::RaftServer<RaftService> {
+    /// As a tonic service that refuses, before decoding it, a message over `max_message`
+    /// bytes (an AppendEntries is at most 4 MiB of entries plus one batch; a snapshot is
+    /// the small state of a machine).
+    pub fn into_server(self, max_message: usize) -> v1::raft_server::RaftServer<RaftService> {
         v1::raft_server::RaftServer::new(self)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message)
     }
 }
 
@@ -113,9 +114,33 @@ fn reply(body: &impl Serialize) -> Result<Response<v1::RaftReply>, Status> {
         .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))
 }
 
+/// A message's body, refused when undecodable or when any term in it (of a vote or a log
+/// id) is beyond [`MAX_TERM`].
 fn decode<T: DeserializeOwned>(msg: &v1::RaftMessage) -> Result<T, Status> {
-    serde_json::from_slice(&msg.body)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    let undecodable =
+        |e: serde_json::Error| Status::invalid_argument(format!("undecodable raft message: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(&msg.body).map_err(undecodable)?;
+    if let Some(term) = excessive_term(&value) {
+        return Err(Status::invalid_argument(format!(
+            "raft message refused: term {term} is beyond any a cluster reaches"
+        )));
+    }
+    serde_json::from_value(value).map_err(undecodable)
+}
+
+/// A `term` anywhere in `value` above [`MAX_TERM`] (or not a number), if any.
+fn excessive_term(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(key, v)| {
+            if key == "term" && v.as_u64().is_none_or(|t| t > MAX_TERM) {
+                Some(v.to_string())
+            } else {
+                excessive_term(v)
+            }
+        }),
+        serde_json::Value::Array(items) => items.iter().find_map(excessive_term),
+        _ => None,
+    }
 }
 
 fn stopped(e: impl std::fmt::Display) -> Status {

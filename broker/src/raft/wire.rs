@@ -64,6 +64,18 @@ pub(crate) fn encode_append(
 pub(crate) fn decode_append(
     msg: v1::RaftAppendRequest,
 ) -> Result<(GroupId, AppendEntriesRequest<TypeConfig>), String> {
+    let terms = std::iter::once(msg.vote_term)
+        .chain(msg.prev_log_id.iter().map(|l| l.term))
+        .chain(msg.leader_commit.iter().map(|l| l.term))
+        .chain(
+            msg.entries
+                .iter()
+                .filter_map(|e| e.log_id.as_ref())
+                .map(|l| l.term),
+        );
+    if let Some(term) = terms.into_iter().find(|t| *t > super::MAX_TERM) {
+        return Err(format!("term {term} is beyond any a cluster reaches"));
+    }
     let vote = if msg.vote_committed {
         Vote::new_committed(msg.vote_term, msg.vote_node)
     } else {

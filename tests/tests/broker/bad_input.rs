@@ -188,3 +188,99 @@ async fn t20_bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
 }
+
+/// t21: Raft messages that no peer could send are refused before they reach a group: a
+/// vote, pre-vote or append carrying a term that would overflow (openraft panicked on one
+/// and stored the vote, so the node stayed dead), and a message larger than the limit; a
+/// controller command sent straight to the controller is checked when applied, so a name
+/// that is a path is refused and creates nothing. The node keeps serving, also after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t21_forged_raft_messages_are_refused_and_the_node_keeps_serving() {
+    let mut broker = TestBroker::start_with(|c| c.max_request_bytes = 4 << 20).await;
+    let client = broker.client_with_topic("before", 1).await;
+    let mut raft = v1::raft_client::RaftClient::connect(format!("http://{}", broker.address()))
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    let huge_vote = serde_json::json!({
+        "vote": {"leader_id": {"term": u64::MAX, "node_id": 9}, "committed": false},
+        "last_log_id": null,
+    });
+    let message = |body: &serde_json::Value| v1::RaftMessage {
+        group_id: 0,
+        body: serde_json::to_vec(body).unwrap().into(),
+    };
+    let refused = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("term"), "{status:?}");
+    };
+    refused(raft.vote(message(&huge_vote)).await.unwrap_err());
+    refused(raft.pre_vote(message(&huge_vote)).await.unwrap_err());
+    let append = v1::RaftAppendRequest {
+        group_id: 0,
+        vote_term: u64::MAX,
+        vote_node: 9,
+        vote_committed: true,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    };
+    refused(raft.append(append.clone()).await.unwrap_err());
+    // Larger than the node's request limit: refused before it is decoded.
+    let oversized = v1::RaftAppendRequest {
+        vote_term: 1,
+        entries: vec![v1::RaftEntry {
+            log_id: None,
+            kind: 1,
+            body: vec![0u8; 5 << 20].into(),
+        }],
+        ..append
+    };
+    let status = raft.append(oversized).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+
+    // A command that skipped the Admin service's checks is refused when applied.
+    let create = serde_json::json!({
+        "op": "create_topic",
+        "name": "../../outside",
+        "config": {"partitions": 1, "replication_factor": 0, "retention_ms": null, "retention_bytes": null},
+    });
+    let reply = raft.propose(message(&create)).await.unwrap().into_inner();
+    let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(answer["Ok"]["result"], "invalid", "{answer}");
+    let outside = broker.data_dir().parent().unwrap();
+    assert!(
+        std::fs::read_dir(outside).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("outside")),
+        "a directory was created outside the data directory"
+    );
+    let topics: Vec<String> = client
+        .admin()
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(topics, ["before"]);
+
+    // The node keeps serving: its groups elect leaders, also after a restart.
+    client
+        .admin()
+        .create_topic("after", TopicSpec::partitions(1))
+        .await
+        .unwrap();
+    broker.restart().await;
+    let client = broker.client().await;
+    let producer = client.producer().build();
+    for topic in ["before", "after"] {
+        producer
+            .send_and_wait(ProducerRecord::new(topic, "still serving"))
+            .await
+            .unwrap();
+    }
+}

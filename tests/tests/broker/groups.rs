@@ -356,3 +356,29 @@ async fn t12_retention_removes_search_documents() {
     .await;
     assert!(documents < 3000);
 }
+
+/// t13: topic directories are named by the topic's id, never by the name a client chose; a
+/// directory of the older `<name>-<id>` layout is renamed when the node starts, with its
+/// data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t13_topic_directories_are_named_by_id_and_older_ones_are_renamed() {
+    let mut broker = TestBroker::start().await;
+    let client = broker.client_with_topic("named", 1).await;
+    let id = client.admin().describe_topic("named").await.unwrap().id;
+    let producer = client.producer().build();
+    produce_to_each(&producer, "named", 1, 20, "x").await;
+    let topics = broker.data_dir().join("topics");
+    assert!(topics.join(id.to_string()).join("0").is_dir());
+    broker.stop().await;
+    std::fs::rename(
+        topics.join(id.to_string()),
+        topics.join(format!("named-{id}")),
+    )
+    .unwrap();
+    broker.restart().await;
+    assert!(topics.join(id.to_string()).join("0").is_dir());
+    assert!(!topics.join(format!("named-{id}")).exists());
+    let client = broker.client().await;
+    let t = client.admin().describe_topic("named").await.unwrap();
+    assert_eq!(t.partitions[0].high_watermark, 20);
+}

@@ -63,7 +63,7 @@ async fn t30_every_replica_holds_the_same_entries_after_a_produce_run() {
         *next += 1;
     }
     wait_replicated(&cluster, "same", 3, per_partition).await;
-    assert_same_logs(&mut cluster, "same", 3);
+    assert_same_logs(&mut cluster, "same", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +145,7 @@ async fn t31_leader_kill_loses_no_acknowledged_record() {
     let back = cluster.client_of(leader).await;
     let again = read_values(&back, "kill", stored).await;
     assert_eq!(again, values);
-    assert_same_logs(&mut cluster, "kill", 1);
+    assert_same_logs(&mut cluster, "kill", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +200,7 @@ async fn t32_an_isolated_node_acknowledges_nothing_and_catches_up_after_healing(
 
     cluster.heal_all();
     wait_replicated(&cluster, "cut", 1, 300).await;
-    assert_same_logs(&mut cluster, "cut", 1);
+    assert_same_logs(&mut cluster, "cut", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,12 +319,13 @@ async fn t34_a_follower_behind_the_retention_point_catches_up_through_a_snapshot
             .unwrap();
     }
     wait_replicated(&cluster, "old", 1, total + 10).await;
+    let topic_id = cluster.topic_id("old").await;
     for id in 1..=3 {
         cluster.stop(id);
     }
     // Replicas agree on every entry they both hold.
     let logs: Vec<_> = cluster
-        .replica_dirs("old", 0)
+        .replica_dirs(topic_id, 0)
         .iter()
         .map(|(_, dir)| read_log(dir))
         .collect();
@@ -435,10 +436,10 @@ async fn t35_random_faults_lose_and_duplicate_nothing() {
     .await;
     let values = read_values(&client, "chaos", stored).await;
     if first_duplicate(&values).is_some() {
-        dump_logs(&mut cluster, "chaos");
+        dump_logs(&mut cluster, "chaos").await;
     }
     check_acknowledged(&values, &acked);
-    assert_same_logs(&mut cluster, "chaos", 1);
+    assert_same_logs(&mut cluster, "chaos", 1).await;
 }
 
 /// A leader that restarts before the others notice comes back as leader of the same term

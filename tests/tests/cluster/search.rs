@@ -457,9 +457,10 @@ async fn t51_indexes_survive_kills_and_are_rebuilt_from_the_log() {
         .map(|n| n.id)
         .find(|id| *id != victim)
         .unwrap();
+    let topic_id = cluster.topic_id("indexed").await;
     cluster.stop(other);
     for p in 0..2 {
-        for (node, dir) in cluster.replica_dirs("indexed", p) {
+        for (node, dir) in cluster.replica_dirs(topic_id, p) {
             if node == other {
                 std::fs::remove_dir_all(dir.join("search")).unwrap();
             }

@@ -98,7 +98,8 @@ pub(crate) fn first_duplicate(values: &[u64]) -> Option<u64> {
 /// Prints every replica's log of partition 0 (log id, producer id/epoch/sequence, base
 /// offset, first value), to diagnose a failed check.
 #[allow(clippy::print_stdout)]
-pub(crate) fn dump_logs(cluster: &mut TestCluster, topic: &str) {
+pub(crate) async fn dump_logs(cluster: &mut TestCluster, topic: &str) {
+    let topic_id = cluster.topic_id(topic).await;
     for id in 1..=cluster.nodes.len() as u64 {
         cluster.stop(id);
     }
@@ -108,7 +109,7 @@ pub(crate) fn dump_logs(cluster: &mut TestCluster, topic: &str) {
             let _ = std::fs::copy(node.log_path(), to);
         }
     }
-    for (node, dir) in cluster.replica_dirs(topic, 0) {
+    for (node, dir) in cluster.replica_dirs(topic_id, 0) {
         println!("---- replica on node {node} ----");
         for (log_id, body) in read_log(&dir) {
             let Ok(batch) = strata_storage::RecordBatch::from_bytes(body.clone()) else {
@@ -166,12 +167,13 @@ pub(crate) fn check_acknowledged(values: &[u64], acked: &[u64]) {
 /// Stops every node and checks that each partition's replicas hold the same entries. A
 /// replica may end with an extra entry without records: a leader elected while the others
 /// were being stopped writes a blank entry that a stopped node never received.
-pub(crate) fn assert_same_logs(cluster: &mut TestCluster, topic: &str, partitions: u32) {
+pub(crate) async fn assert_same_logs(cluster: &mut TestCluster, topic: &str, partitions: u32) {
+    let topic_id = cluster.topic_id(topic).await;
     for id in 1..=cluster.nodes.len() as u64 {
         cluster.stop(id);
     }
     for p in 0..partitions {
-        let replicas = cluster.replica_dirs(topic, p);
+        let replicas = cluster.replica_dirs(topic_id, p);
         assert_eq!(replicas.len(), 3);
         let logs: Vec<_> = replicas.iter().map(|(_, dir)| read_log(dir)).collect();
         assert!(logs[0].iter().any(|(_, body)| !body.is_empty()));

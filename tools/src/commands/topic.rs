@@ -52,6 +52,7 @@ pub enum TopicCommand {
 fn topic_json(t: &TopicDescription) -> serde_json::Value {
     json!({
         "name": t.name,
+        "id": t.id,
         "partitions": t.spec.partitions,
         "replication_factor": t.spec.replication_factor,
         "retention_ms": t.spec.retention_ms,
@@ -131,8 +132,9 @@ pub async fn run(command: TopicCommand, brokers: &str, json: bool) -> anyhow::Re
                 output::json(&value);
             } else {
                 println!(
-                    "topic {}: {} partitions, replication {}, retention {}, retention bytes {}, search {}",
+                    "topic {} (id {}): {} partitions, replication {}, retention {}, retention bytes {}, search {}",
                     topic.name,
+                    topic.id,
                     topic.spec.partitions,
                     topic.spec.replication_factor,
                     topic.spec.retention_ms.map_or("forever".into(), |ms| {

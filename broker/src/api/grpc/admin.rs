@@ -97,6 +97,7 @@ impl Api {
 
     fn topic_metadata(&self, topic: &Topic) -> v1::TopicMetadata {
         v1::TopicMetadata {
+            id: topic.id,
             name: topic.name.clone(),
             config: Some(config_to_proto(&topic.config)),
             partitions: topic
