@@ -144,6 +144,11 @@ pub struct Config {
     pub max_in_flight_per_connection: usize,
     /// How long a produce waits for durability before answering TIMEOUT, by default.
     pub produce_timeout_ms: u64,
+    /// How far (ms) a produced record's timestamp may be ahead of the broker's clock.
+    pub max_timestamp_ahead_ms: u64,
+    /// How far (ms) a produced record's timestamp may be behind the broker's clock (none:
+    /// any past time).
+    pub max_timestamp_behind_ms: Option<u64>,
     /// How often retention runs.
     pub retention_check_ms: u64,
     /// Bounds on consumer-group session time-outs.
@@ -174,6 +179,8 @@ impl Default for Config {
             max_request_bytes: 64 << 20,
             max_in_flight_per_connection: 256,
             produce_timeout_ms: 30_000,
+            max_timestamp_ahead_ms: 3_600_000,
+            max_timestamp_behind_ms: None,
             retention_check_ms: 60_000,
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,

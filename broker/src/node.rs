@@ -57,10 +57,11 @@ impl Node {
         addresses: Addresses,
     ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
+        let max_answer_bytes = config.max_request_bytes as usize;
         Node {
             config,
             aggregations: Aggregations::new(topics.clone(), cluster.clone()),
-            search: Search::new(topics.clone(), cluster.clone()),
+            search: Search::new(topics.clone(), cluster.clone(), max_answer_bytes),
             topics,
             groups,
             cluster,

@@ -10,8 +10,9 @@
 //! The pure half, which the partition replicas' state machines call as they apply batches:
 //! - [`json`]: one-pass extraction of the fields an aggregation reads.
 //! - [`filter`]: filter expressions.
-//! - [`def`]: definitions and their parsing.
-//! - [`state`]: windows, measures, watermark, late and skipped events.
+//! - [`def`]: definitions and their parsing; [`compiled`]: a definition made ready to fold.
+//! - [`measure`]: measures and a window's accumulators (sketches, distinct sets).
+//! - [`state`]: windows per group, watermark, late and skipped events.
 //! - this module: control records ([`Control`]), a partition's running aggregations
 //!   ([`PartitionAggs`], folding a batch), and query rows ([`Row`], [`merge_rows`]).
 //!
@@ -23,10 +24,12 @@
 //!   leads;
 //! - [`emit`]: the task that writes closed windows to output topics, exactly once.
 
+pub mod compiled;
 pub mod def;
 pub mod emit;
 pub mod filter;
 pub mod json;
+pub mod measure;
 pub mod query;
 pub mod reconcile;
 pub mod state;
@@ -37,8 +40,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
+use self::compiled::Compiled;
 use self::def::AggregationDef;
-use self::state::{AggState, Compiled, Event, WindowAcc};
+use self::measure::WindowAcc;
+use self::state::{AggState, Event};
 
 /// A control record in a partition's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -500,11 +500,56 @@ fn huge_numbers_and_extreme_times_neither_panic_nor_break_snapshots() {
     assert_eq!(back, aggs);
 }
 
+/// Record times at the ends of the range (a record may carry any timestamp the producer
+/// rules let through, and older logs hold what they held): window arithmetic neither panics
+/// nor wraps; an event whose window cannot be represented is skipped and counted.
+#[test]
+fn record_times_at_the_ends_of_the_range_neither_panic_nor_wrap() {
+    for window in [
+        Window::Tumbling { size_ms: 60_000 },
+        Window::Hopping {
+            size_ms: 60_000,
+            advance_ms: 7_000,
+        },
+        Window::Session { gap_ms: 60_000 },
+    ] {
+        let d = AggregationDef {
+            time: TimeSource::Timestamp,
+            ..def(window, None)
+        };
+        let mut aggs = running(&d);
+        for t in [i64::MIN, i64::MIN + 1, 0, i64::MAX - 1, i64::MAX] {
+            let mut b = BatchBuilder::new();
+            b.push(NewRecord::value(
+                t,
+                br#"{"device": "d", "temperature": 1, "reading": 1}"#,
+            ))
+            .unwrap();
+            aggs.fold_batch(&b.finish().unwrap(), None, 0);
+        }
+        let state = &aggs.running[&1].state;
+        for (group, start, w) in state.windows() {
+            assert!(
+                start < w.end,
+                "{window:?}: window {start}..{} of {group:?}",
+                w.end
+            );
+        }
+        // Only the event at 0 folds; the others neither fold nor move the watermark.
+        assert_eq!(state.events, 1, "{window:?}");
+        assert_eq!(state.skipped.get("event time out of range"), Some(&4));
+        assert!(state.watermark(d.lateness_ms).is_some_and(|w| w <= 0));
+        let json = serde_json::to_vec(&aggs).expect("the state serializes");
+        let back: PartitionAggs = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, aggs, "{window:?}");
+    }
+}
+
 #[test]
 fn quantiles_are_nearest_rank() {
     use super::def::MeasureKind;
     let q = |values: &[f64], q: f64| {
-        let mut acc = super::state::MeasureAcc::Sketch(None);
+        let mut acc = super::measure::MeasureAcc::Sketch(None);
         for v in values {
             acc.add_for_test(*v);
         }

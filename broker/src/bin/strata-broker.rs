@@ -18,7 +18,8 @@ use strata_broker::{Config, Fsync, process};
 Settings come from, in increasing precedence: built-in defaults, the TOML file given with \
 --config (keys named like the long flags, with underscores: node_id, listen, http, data_dir, \
 fsync, segment_bytes, max_batch_bytes, max_request_bytes, max_in_flight_per_connection, \
-produce_timeout_ms, retention_check_ms, group_min_session_timeout_ms, \
+produce_timeout_ms, max_timestamp_ahead_ms, max_timestamp_behind_ms, retention_check_ms, \
+group_min_session_timeout_ms, \
 group_max_session_timeout_ms, peers, advertise, raft_heartbeat_ms, \
 raft_election_timeout_ms), STRATA_* environment variables, and flags. Logging follows \
 STRATA_LOG (or RUST_LOG), e.g. STRATA_LOG=debug."

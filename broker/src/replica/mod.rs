@@ -8,6 +8,7 @@
 //! aggregations' fold (`agg`). The search indexer (`search`) follows the high watermark.
 //!
 //! - `open`: opening a replica (log, machine, group) in its directory;
+//! - `intake`: what a produced batch must be (size, validity, timestamps);
 //! - `append`: the leader's write path;
 //! - `producers`: idempotent producers' batches, applied and in flight;
 //! - `machine`: the state machine and its snapshot;
@@ -18,6 +19,7 @@
 //! `topics` or the front doors.
 
 mod append;
+mod intake;
 mod machine;
 mod open;
 mod producers;
@@ -37,6 +39,7 @@ use crate::lock::lock;
 use crate::raft::{Group, GroupId, GroupStatus};
 use crate::search::PartitionIndex;
 
+pub use self::intake::ProduceRules;
 pub use self::open::ReplicaOf;
 pub use self::producers::{PRODUCER_WINDOW, ProducerState, SeqCheck, SeqRange};
 pub use self::watermark::HighWatermark;

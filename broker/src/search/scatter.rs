@@ -6,7 +6,7 @@
 //! when that node does not answer. Hits are read from the logs by offset: the index stores
 //! no bodies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,8 +233,24 @@ impl Merged {
             .truncate(if spec.count_only { 0 } else { spec.limit });
     }
 
-    fn finish(mut self, spec: &SearchSpec) -> v1::SearchResponse {
+    /// Keeps the best hits whose keys and values fit in `max_bytes` (at least one).
+    fn cap_bytes(&mut self, max_bytes: usize) {
+        let mut bytes = 0usize;
+        let fit = self
+            .hits
+            .iter()
+            .position(|h| {
+                bytes +=
+                    h.key.as_ref().map_or(0, |k| k.len()) + h.value.as_ref().map_or(0, |v| v.len());
+                bytes > max_bytes
+            })
+            .map_or(self.hits.len(), |over| over.max(1));
+        self.hits.truncate(fit);
+    }
+
+    fn finish(mut self, spec: &SearchSpec, max_bytes: usize) -> v1::SearchResponse {
         self.keep_best(spec);
+        self.cap_bytes(max_bytes);
         v1::SearchResponse {
             hits: self.hits,
             total: self.total,
@@ -254,12 +270,19 @@ impl Merged {
 pub struct Search {
     topics: Arc<Topics>,
     cluster: Arc<Cluster>,
+    max_answer_bytes: usize,
 }
 
 impl Search {
-    /// Searches over `topics` (this node's replicas) and `cluster` (the others).
-    pub fn new(topics: Arc<Topics>, cluster: Arc<Cluster>) -> Search {
-        Search { topics, cluster }
+    /// Searches over `topics` (this node's replicas) and `cluster` (the others); an answer
+    /// carries at most `max_answer_bytes` of record keys and values (the best hits that fit,
+    /// at least one; its total still counts every match).
+    pub fn new(topics: Arc<Topics>, cluster: Arc<Cluster>, max_answer_bytes: usize) -> Search {
+        Search {
+            topics,
+            cluster,
+            max_answer_bytes,
+        }
     }
 
     /// Searches this node's replicas of `partitions` on the blocking pool, once each has
@@ -314,14 +337,15 @@ impl Search {
         // Hits whose records retention deleted since the search ran are not counted either,
         // so an answer never has fewer hits than its limit and its total allow.
         merged.total = merged.total.saturating_sub(dropped);
-        Ok(merged.finish(spec))
+        Ok(merged.finish(spec, self.max_answer_bytes))
     }
 
     /// The partitions a search covers, by topic: the named topics, or every indexed one.
     fn targets(&self, topics: &[String]) -> Result<Vec<Target>, Error> {
         let state = self.cluster.state().borrow().clone();
         let mut out = Vec::new();
-        let names: Vec<String> = if topics.is_empty() {
+        // Each topic once, however often the request names it.
+        let names: BTreeSet<String> = if topics.is_empty() {
             state
                 .topics
                 .iter()
@@ -329,7 +353,7 @@ impl Search {
                 .map(|(n, _)| n.clone())
                 .collect()
         } else {
-            topics.to_vec()
+            topics.iter().cloned().collect()
         };
         for name in names {
             let meta = state
@@ -371,11 +395,15 @@ impl Search {
     pub async fn search(&self, request: v1::SearchRequest) -> Result<v1::SearchResponse, Error> {
         let spec = Arc::new(spec_of(&request)?);
         if !request.partitions.is_empty() {
-            // Another node's share: this node's replicas, as they are.
+            // Another node's share: this node's replicas, as they are, each once however
+            // often the request names it.
             let wanted: Vec<(Arc<str>, u32)> = request
                 .partitions
                 .iter()
-                .map(|p| (Arc::from(p.topic.as_str()), p.partition))
+                .map(|p| (p.topic.as_str(), p.partition))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(|(t, p)| (Arc::from(t), p))
                 .collect();
             return self.search_here(&wanted, &spec).await;
         }
@@ -415,7 +443,7 @@ impl Search {
                 }
             }
         }
-        Ok(merged.finish(&spec))
+        Ok(merged.finish(&spec, self.max_answer_bytes))
     }
 
     /// Searches a partition whose leader's node did not answer: this node's replica if it

@@ -2,7 +2,9 @@
 
 use strata_client::{ErrorCode, ProducerRecord, StartAt, TopicSpec};
 use strata_proto::v1;
-use strata_tests::{TestBroker, next_record, reader};
+use strata_tests::{TestBroker, eventually, next_record, reader};
+
+use super::WAIT;
 
 fn detail(status: &tonic::Status) -> v1::ErrorDetail {
     prost::Message::decode(status.details()).expect("statuses carry an ErrorDetail")
@@ -283,4 +285,123 @@ async fn t21_forged_raft_messages_are_refused_and_the_node_keeps_serving() {
             .await
             .unwrap();
     }
+}
+
+/// t22: a record timestamp more than the allowed time ahead of the broker's clock (an hour
+/// by default) is refused with a message saying so, and stores nothing: one of `i64::MAX`
+/// would pin the log's max timestamp (and so retention by time) and the watermark of every
+/// aggregation on record time for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t22_timestamps_far_ahead_of_the_broker_clock_are_refused() {
+    let broker = TestBroker::start().await;
+    let client = broker.client_with_topic("clock", 1).await;
+    let mut produce =
+        v1::produce_client::ProduceClient::connect(format!("http://{}", broker.address()))
+            .await
+            .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch_at = |ts: i64| {
+        let mut b = strata_storage::BatchBuilder::new();
+        b.push(strata_storage::NewRecord::value(ts, b"v")).unwrap();
+        b.finish().unwrap().into_bytes()
+    };
+    for (ts, accepted) in [
+        (i64::MAX, false),
+        (now + 2 * 3_600_000, false),
+        (now + 60_000, true),
+        (0, true),
+    ] {
+        let response = produce
+            .produce(v1::ProduceRequest {
+                topic: "clock".into(),
+                batches: vec![v1::PartitionBatch {
+                    partition: 0,
+                    batch: batch_at(ts),
+                }],
+                acks: v1::Acks::All as i32,
+                timeout_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match &response.results[0].error {
+            None => assert!(accepted, "timestamp {ts} was stored"),
+            Some(e) => {
+                assert!(!accepted, "timestamp {ts} refused: {e:?}");
+                assert_eq!(e.code(), v1::ErrorCode::InvalidArgument);
+                assert!(e.message.contains("ahead of the broker's clock"), "{e:?}");
+            }
+        }
+    }
+    let t = client.admin().describe_topic("clock").await.unwrap();
+    assert_eq!(
+        t.partitions[0].high_watermark, 2,
+        "only the two good batches were stored"
+    );
+}
+
+/// t23: a search built to amplify work is bounded: a partition or topic named 20,000 times
+/// is searched once, and an answer carries at most the node's request limit of record bytes
+/// (the best hits that fit; its total still counts every match).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t23_searches_built_to_amplify_work_are_bounded() {
+    let broker = TestBroker::start_with(|c| c.max_request_bytes = 1 << 20).await;
+    let client = broker.client_with_topic("big", 1).await;
+    let producer = client.producer().build();
+    let value = format!(r#"{{"word":"needle","pad":"{}"}}"#, "x".repeat(100_000));
+    for _ in 0..30 {
+        producer
+            .send_and_wait(ProducerRecord::new("big", value.clone()).partition(0))
+            .await
+            .unwrap();
+    }
+    let mut search =
+        v1::search_client::SearchClient::connect(format!("http://{}", broker.address()))
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20);
+    let request = |topics: Vec<String>, partitions: Vec<v1::SearchPartition>| v1::SearchRequest {
+        query: "needle".into(),
+        limit: 30,
+        topics,
+        partitions,
+        ..Default::default()
+    };
+    let share = vec![
+        v1::SearchPartition {
+            topic: "big".into(),
+            partition: 0,
+        };
+        20_000
+    ];
+    let answer = eventually(WAIT, "every record to be searchable", async || {
+        let r = search
+            .search(request(Vec::new(), share.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        (r.total == 30).then_some(r)
+    })
+    .await;
+    assert_eq!(answer.partitions, 1, "the partition was searched once");
+    let bytes: usize = answer
+        .hits
+        .iter()
+        .map(|h| h.value.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    assert!(bytes <= 1 << 20, "{bytes} bytes of hits");
+    assert!(
+        !answer.hits.is_empty() && answer.hits.len() < 30,
+        "{} hits",
+        answer.hits.len()
+    );
+    let answer = search
+        .search(request(vec!["big".into(); 20_000], Vec::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((answer.partitions, answer.total), (1, 30));
 }

@@ -1,5 +1,6 @@
-//! `Produce`: validate each batch (size, frame, CRC, records) and append it to its
-//! partition's leader replica ([`crate::replica::Partition::append`]); answer each with its
+//! `Produce`: check each batch ([`ProduceRules`]: size, frame, CRC, records, timestamps) and
+//! append it to its partition's leader replica ([`crate::replica::Partition::append`]);
+//! answer each with its
 //! base offset once it is committed. The request's `acks` is accepted for compatibility:
 //! under replication both levels are answered at commit.
 
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::{Api, status};
 use crate::controller::{Command, CommandResult};
 use crate::error::Error;
+use crate::replica::ProduceRules;
 
 #[tonic::async_trait]
 impl v1::produce_server::Produce for Api {
@@ -58,7 +60,15 @@ impl Api {
         } else {
             Duration::from_millis(u64::from(request.timeout_ms))
         };
-        let limit = self.node.config.max_batch_bytes as usize;
+        let config = &self.node.config;
+        let rules = ProduceRules {
+            max_batch_bytes: config.max_batch_bytes as usize,
+            max_ahead_ms: config.max_timestamp_ahead_ms,
+            max_behind_ms: config.max_timestamp_behind_ms,
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let mut results: Vec<v1::PartitionProduceResult> = request
             .batches
             .iter()
@@ -70,27 +80,9 @@ impl Api {
         // Validate everything, grouping valid batches by partition in request order.
         let mut by_partition: BTreeMap<u32, Vec<(usize, RecordBatch)>> = BTreeMap::new();
         for (i, b) in request.batches.into_iter().enumerate() {
-            let checked = topic.partition(b.partition).and_then(|_| {
-                if b.batch.len() > limit {
-                    return Err(Error::BatchTooLarge {
-                        size: b.batch.len(),
-                        limit,
-                    });
-                }
-                let batch =
-                    RecordBatch::from_bytes(b.batch).map_err(|source| Error::InvalidBatch {
-                        topic: topic.name.clone(),
-                        partition: b.partition,
-                        source,
-                    })?;
-                if batch.is_control() {
-                    return Err(Error::InvalidArgument(format!(
-                        "{}/{}: control batches are the broker's own; producers may not send them",
-                        topic.name, b.partition
-                    )));
-                }
-                Ok(batch)
-            });
+            let checked = topic
+                .partition(b.partition)
+                .and_then(|_| rules.check(&topic.name, b.partition, b.batch, now_ms));
             match checked {
                 Ok(batch) => by_partition
                     .entry(b.partition)
