@@ -151,6 +151,11 @@ pub struct Config {
     pub max_timestamp_behind_ms: Option<u64>,
     /// How often retention runs.
     pub retention_check_ms: u64,
+    /// Most partition replicas one node holds: a topic whose replicas would take a node
+    /// past it is refused before anything is allocated.
+    pub max_partitions_per_node: u32,
+    /// Most topics in the cluster.
+    pub max_topics: u32,
     /// Bounds on consumer-group session time-outs.
     pub group_min_session_timeout_ms: u64,
     /// Bounds on consumer-group session time-outs.
@@ -182,6 +187,8 @@ impl Default for Config {
             max_timestamp_ahead_ms: 3_600_000,
             max_timestamp_behind_ms: None,
             retention_check_ms: 60_000,
+            max_partitions_per_node: 2_000,
+            max_topics: 1_000,
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
             peers: Peers::default(),

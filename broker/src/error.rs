@@ -184,6 +184,9 @@ pub enum Error {
     /// or a version mismatch between nodes).
     #[error("unavailable: unexpected controller answer {0}")]
     UnexpectedAnswer(String),
+    /// A configured resource limit would be exceeded; nothing was allocated.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// An operation did not finish in time; it may still take effect.
     #[error("timed out: {0}")]
     Timeout(String),

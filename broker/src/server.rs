@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::groups::Coordinator;
 use crate::node::{Addresses, Node};
 use crate::raft::{RaftEnv, RaftService, RaftTuning, Router};
-use crate::topics::Topics;
+use crate::topics::{TopicLimits, Topics};
 
 /// HTTP/2 flow-control window of one stream (a request or a fetch stream).
 pub const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
@@ -115,8 +115,13 @@ impl Broker {
             )
             .await?,
         );
+        let limits = TopicLimits {
+            max_partitions_per_node: config.max_partitions_per_node,
+            max_topics: config.max_topics,
+        };
         let topics = Arc::new(Topics::new(
             &config.data_dir,
+            limits,
             env.clone(),
             log_config,
             cluster.state(),

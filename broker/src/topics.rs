@@ -28,6 +28,56 @@ use crate::replica::{Partition, ReplicaOf};
 /// How often leadership is checked against the preferred replicas.
 const LEADER_BALANCE: Duration = Duration::from_secs(5);
 
+/// What the cluster may hold, checked before a topic is proposed (each node's replicas cost
+/// memory: a log, a Raft group, a search index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Most partition replicas one node holds.
+    pub max_partitions_per_node: u32,
+    /// Most topics in the cluster.
+    pub max_topics: u32,
+}
+
+impl TopicLimits {
+    /// Whether `state` may take a topic of `config`: its replicas are spread round robin over
+    /// the voters, so no node gets more than `ceil(partitions × replication / nodes)` of them.
+    fn check(&self, state: &ClusterState, config: &TopicConfig) -> Result<()> {
+        if state.topics.len() >= self.max_topics as usize {
+            return Err(Error::LimitExceeded(format!(
+                "the cluster holds {} topics, the most it may (max_topics)",
+                state.topics.len()
+            )));
+        }
+        let voters = state.voters();
+        let nodes = voters.len() as u64;
+        if nodes == 0 {
+            return Ok(()); // the controller answers that
+        }
+        let replication = match u64::from(config.replication_factor) {
+            0 => nodes.min(3),
+            r => r.min(nodes),
+        };
+        let added = (u64::from(config.partitions) * replication).div_ceil(nodes);
+        let mut held: BTreeMap<u64, u64> = BTreeMap::new();
+        for replicas in state.topics.values().flat_map(|t| &t.replicas) {
+            for node in replicas {
+                *held.entry(*node).or_default() += 1;
+            }
+        }
+        let limit = u64::from(self.max_partitions_per_node);
+        for node in voters {
+            let now = held.get(&node).copied().unwrap_or(0);
+            if now + added > limit {
+                return Err(Error::LimitExceeded(format!(
+                    "node {node} holds {now} partition replicas and would get up to {added} more, \
+                     beyond its limit of {limit} (max_partitions_per_node)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A topic of the cluster and its replicas on this node.
 #[derive(Debug)]
 pub struct Topic {
@@ -80,6 +130,7 @@ impl Topic {
 /// replicas it holds. Directories: `<data_dir>/topics/<name>-<id>/<partition>/`.
 pub struct Topics {
     root: PathBuf,
+    limits: TopicLimits,
     env: RaftEnv,
     log_config: LogConfig,
     cluster: watch::Receiver<Arc<ClusterState>>,
@@ -103,6 +154,7 @@ impl Topics {
     /// [`Topics::reconcile`].
     pub(crate) fn new(
         data_dir: &Path,
+        limits: TopicLimits,
         env: RaftEnv,
         log_config: LogConfig,
         cluster: watch::Receiver<Arc<ClusterState>>,
@@ -112,6 +164,7 @@ impl Topics {
         let (version, _) = watch::channel(0);
         Ok(Topics {
             root,
+            limits,
             env,
             log_config,
             cluster,
@@ -179,6 +232,7 @@ impl Topics {
                 "partitions must be between 1 and {MAX_PARTITIONS}"
             )));
         }
+        self.limits.check(&self.cluster.borrow(), &config)?;
         let command = Command::CreateTopic {
             name: name.clone(),
             config,

@@ -405,3 +405,57 @@ async fn t23_searches_built_to_amplify_work_are_bounded() {
         .into_inner();
     assert_eq!((answer.partitions, answer.total), (1, 30));
 }
+
+/// t24: a topic that would take a node past its partition limit, or the cluster past its
+/// topic limit, is refused before anything is allocated (a 5,000-partition topic grew a
+/// node to 4.9 GB before failing), and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t24_topics_beyond_the_limits_are_refused_before_anything_is_allocated() {
+    let broker = TestBroker::start_with(|c| {
+        c.max_partitions_per_node = 10;
+        c.max_topics = 2;
+    })
+    .await;
+    let client = broker.client_with_topic("first", 8).await;
+    let admin = client.admin();
+    let e = admin
+        .create_topic("toomany", TopicSpec::partitions(5000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
+    assert!(e.to_string().contains("max_partitions_per_node"), "{e}");
+    let e = admin
+        .create_topic("toomany", TopicSpec::partitions(3))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
+    admin
+        .create_topic("second", TopicSpec::partitions(2))
+        .await
+        .unwrap();
+    let e = admin
+        .create_topic("third", TopicSpec::partitions(1))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("max_topics"), "{e}");
+    let names: Vec<String> = admin
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+    let topics_dir = broker.data_dir().join("topics");
+    assert_eq!(
+        std::fs::read_dir(topics_dir).unwrap().count(),
+        2,
+        "nothing was allocated"
+    );
+    client
+        .producer()
+        .build()
+        .send_and_wait(ProducerRecord::new("first", "still serving"))
+        .await
+        .unwrap();
+}

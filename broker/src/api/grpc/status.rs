@@ -21,6 +21,7 @@ pub fn code(e: &Error) -> ErrorCode {
         | Error::Config(_) => ErrorCode::InvalidArgument,
         Error::InvalidBatch { .. } => ErrorCode::InvalidBatch,
         Error::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        Error::LimitExceeded(_) => ErrorCode::LimitExceeded,
         Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         Error::Storage { .. } | Error::Io { .. } => ErrorCode::StorageError,
         Error::UnknownMember { .. } => ErrorCode::UnknownMember,
@@ -65,7 +66,7 @@ pub fn status(e: &Error) -> Status {
         | ErrorCode::UnknownAggregation => Code::NotFound,
         ErrorCode::TopicExists | ErrorCode::AggregationExists => Code::AlreadyExists,
         ErrorCode::InvalidArgument | ErrorCode::InvalidBatch => Code::InvalidArgument,
-        ErrorCode::BatchTooLarge => Code::ResourceExhausted,
+        ErrorCode::BatchTooLarge | ErrorCode::LimitExceeded => Code::ResourceExhausted,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::NotLeader
         | ErrorCode::UnknownMember
