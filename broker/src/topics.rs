@@ -18,9 +18,7 @@ use std::time::Duration;
 use strata_storage::LogConfig;
 use tokio::sync::watch;
 
-use crate::controller::{
-    Cluster, ClusterState, Command, CommandResult, MAX_PARTITIONS, TopicConfig, TopicMeta,
-};
+use crate::controller::{Cluster, ClusterState, Command, CommandResult, TopicConfig, TopicMeta};
 use crate::error::{Error, Result};
 use crate::raft::RaftEnv;
 use crate::replica::{Partition, ReplicaOf};
@@ -225,13 +223,7 @@ impl Topics {
         timeout: Duration,
     ) -> Result<Arc<Topic>> {
         crate::names::validate(&name)?;
-        crate::search::schema::validate_fields(&config.search.fields)
-            .map_err(Error::InvalidArgument)?;
-        if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
-            return Err(Error::InvalidArgument(format!(
-                "partitions must be between 1 and {MAX_PARTITIONS}"
-            )));
-        }
+        config.validate().map_err(Error::InvalidArgument)?;
         self.limits.check(&self.cluster.borrow(), &config)?;
         let command = Command::CreateTopic {
             name: name.clone(),

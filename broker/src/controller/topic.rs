@@ -43,6 +43,15 @@ impl Default for SearchSettings {
 }
 
 impl TopicConfig {
+    /// Checks the settings that do not depend on the cluster: the partition count and the
+    /// fields to index. The proposer and the controller's apply both use it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(format!("partitions must be between 1 and {MAX_PARTITIONS}"));
+        }
+        crate::search::schema::validate_fields(&self.search.fields)
+    }
+
     /// The retention policy of each partition.
     pub fn retention(&self) -> RetentionPolicy {
         RetentionPolicy {

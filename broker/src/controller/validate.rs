@@ -6,8 +6,6 @@
 
 use super::command::Command;
 use super::state::ClusterState;
-use super::topic::{MAX_PARTITIONS, TopicConfig};
-use crate::search::schema::validate_fields;
 
 /// Longest node address (`host:port`).
 const MAX_ADDRESS_LEN: usize = 255;
@@ -43,14 +41,6 @@ fn address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A topic's settings, as far as they do not depend on the cluster.
-fn topic_config(config: &TopicConfig) -> Result<(), String> {
-    if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
-        return Err(format!("partitions must be between 1 and {MAX_PARTITIONS}"));
-    }
-    validate_fields(&config.search.fields)
-}
-
 impl ClusterState {
     /// Checks `command` against the rules that do not depend on what it changes (those are
     /// answered by `apply` itself: a topic that exists, an unknown aggregation).
@@ -64,7 +54,7 @@ impl ClusterState {
             }
             Command::CreateTopic { name: n, config } => {
                 name("topic name", n)?;
-                topic_config(config)
+                config.validate()
             }
             Command::DeleteTopic { .. }
             | Command::AllocateProducerId
@@ -114,7 +104,9 @@ impl ClusterState {
         }
         for (n, t) in &self.topics {
             name("topic name", n)?;
-            topic_config(&t.config).map_err(|e| format!("topic `{n}`: {e}"))?;
+            t.config
+                .validate()
+                .map_err(|e| format!("topic `{n}`: {e}"))?;
             if t.id == 0 || t.id >= self.next_topic_id {
                 return Err(format!(
                     "topic `{n}` has id {} outside the ids handed out",
