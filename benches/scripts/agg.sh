@@ -10,14 +10,14 @@ COUNT=${2:-500000}
 ROUNDS=${3:-3}
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 W=/tmp/benchagg; rm -rf $W; mkdir -p $W; cd $W
-PEERS=1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203
+PEERS=1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403
 B=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
 S="$BIN/strata --brokers $B"
 start() {
   rm -rf $W/n1 $W/n2 $W/n3
   for i in 1 2 3; do
     # In a subshell, so that killing it is not reported as a job of this script.
-    ( $BIN/strata-broker --id $i --listen 127.0.0.1:720$i --http 127.0.0.1:730$i --data-dir $W/n$i --peers $PEERS --fsync $FSYNC > $W/$1-n$i.log 2>&1 &
+    ( $BIN/strata-broker --id $i --listen 127.0.0.1:720$i --peer-listen 127.0.0.1:740$i --http 127.0.0.1:730$i --data-dir $W/n$i --peers $PEERS --fsync $FSYNC > $W/$1-n$i.log 2>&1 &
       echo $! > $W/n$i.pid )
   done
   until $S cluster status > /dev/null 2>&1; do sleep 0.2; done

@@ -3,10 +3,10 @@
 set -u
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 W=/tmp/failrun; rm -rf $W; mkdir -p $W; cd $W
-PEERS=1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203
+PEERS=1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403
 B=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
 for i in 1 2 3; do
-  $BIN/strata-broker --id $i --listen 127.0.0.1:720$i --http 127.0.0.1:730$i --data-dir $W/n$i --peers $PEERS > $W/n$i.log 2>&1 &
+  $BIN/strata-broker --id $i --listen 127.0.0.1:720$i --peer-listen 127.0.0.1:740$i --http 127.0.0.1:730$i --data-dir $W/n$i --peers $PEERS > $W/n$i.log 2>&1 &
   echo $! > $W/n$i.pid
 done
 sleep 3

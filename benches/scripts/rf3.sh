@@ -4,11 +4,11 @@ set -u
 FSYNC=${1:-always}
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 W=/tmp/benchrun; rm -rf $W; mkdir -p $W; cd $W
-PEERS=1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203
+PEERS=1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403
 B=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
 start3() {
   for i in 1 2 3; do
-    $BIN/strata-broker --id $i --listen 127.0.0.1:720$i --http 127.0.0.1:730$i --data-dir $W/n$i --peers $PEERS --fsync $FSYNC > $W/n$i.log 2>&1 &
+    $BIN/strata-broker --id $i --listen 127.0.0.1:720$i --peer-listen 127.0.0.1:740$i --http 127.0.0.1:730$i --data-dir $W/n$i --peers $PEERS --fsync $FSYNC > $W/n$i.log 2>&1 &
     echo $! > $W/n$i.pid
   done
   sleep 3
@@ -23,7 +23,7 @@ $BIN/strata --brokers $B bench produce --topic t --partitions 8 --rate $RATE --d
 cat $W/rf3-half.json
 stop3
 # single node, same machine, same run
-$BIN/strata-broker --id 1 --listen 127.0.0.1:7211 --http 127.0.0.1:7311 --data-dir $W/single --fsync $FSYNC > $W/single.log 2>&1 &
+$BIN/strata-broker --id 1 --listen 127.0.0.1:7211 --peer-listen 127.0.0.1:7411 --http 127.0.0.1:7311 --data-dir $W/single --fsync $FSYNC > $W/single.log 2>&1 &
 SP=$!; sleep 2
 $BIN/strata --brokers 127.0.0.1:7211 bench produce --topic t --partitions 8 --count 1000000 --json > $W/one-full.json 2>$W/one-full.err
 cat $W/one-full.json

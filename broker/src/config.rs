@@ -63,7 +63,7 @@ impl std::fmt::Display for Fsync {
     }
 }
 
-/// The nodes of a cluster: node id → gRPC address, written `1=host:port,2=host:port,...`.
+/// The nodes of a cluster: node id → address of its peer listener, written `1=host:port,2=host:port,...`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Peers(pub BTreeMap<u64, String>);
@@ -126,8 +126,17 @@ impl std::fmt::Display for Peers {
 pub struct Config {
     /// This node's id in its cluster.
     pub node_id: u64,
-    /// gRPC address to listen on (port 0 picks a free port).
+    /// gRPC address to listen on for clients (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Address of the peer listener, where other nodes send Raft and node-to-node calls
+    /// (port 0 picks a free port). The client listener serves no peer call.
+    pub peer_listen: SocketAddr,
+    /// TLS of the peer listener and of connections to peers (mutual: each node presents a
+    /// certificate from the cluster CA naming it). None: peer traffic is plain, which a
+    /// multi-node cluster allows only on loopback or with `insecure_peers`.
+    pub peer_tls: Option<crate::tls::TlsFiles>,
+    /// Lets a multi-node cluster on non-loopback addresses run without peer TLS.
+    pub insecure_peers: bool,
     /// Operator HTTP address (`/health`, `/metrics`); none to serve no HTTP.
     pub http: Option<SocketAddr>,
     /// Where topics, partitions and group offsets live.
@@ -160,8 +169,8 @@ pub struct Config {
     pub group_min_session_timeout_ms: u64,
     /// Bounds on consumer-group session time-outs.
     pub group_max_session_timeout_ms: u64,
-    /// The cluster: node id → address of its gRPC listener (Raft traffic goes there). Empty
-    /// for a single-node cluster. This node's own entry, if present, is ignored for routing.
+    /// The cluster: node id → address of its peer listener. Empty for a single-node
+    /// cluster; otherwise it lists this node too (its entry is not used for routing).
     pub peers: Peers,
     /// The client address this node announces (default: the bound gRPC address).
     pub advertise: Option<String>,
@@ -176,6 +185,9 @@ impl Default for Config {
         Config {
             node_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7201)),
+            peer_tls: None,
+            insecure_peers: false,
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7101))),
             data_dir: PathBuf::from("strata-data"),
             fsync: Fsync(FsyncPolicy::Always),
@@ -243,6 +255,18 @@ impl Config {
                 self.peers.keys().collect::<Vec<_>>()
             ));
         }
+        if self.peers.len() > 1 && self.peer_tls.is_none() && !self.insecure_peers {
+            let exposed = std::iter::once(self.peer_listen.to_string())
+                .chain(self.peers.values().cloned())
+                .find(|address| !is_loopback(address));
+            if let Some(address) = exposed {
+                return fail(format!(
+                    "peer address {address} is not a loopback address: a multi-node cluster \
+                     needs peer TLS there (peer_tls, or --peer-tls-ca/--peer-tls-cert/\
+                     --peer-tls-key), or an explicit insecure_peers (--insecure-peers)"
+                ));
+            }
+        }
         if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms {
             return fail("raft_election_timeout_ms must exceed raft_heartbeat_ms > 0".into());
         }
@@ -268,8 +292,27 @@ impl Config {
         }
     }
 
+    /// The nodes a peer certificate may name: every listed peer, or this node alone.
+    pub(crate) fn members(&self) -> Vec<u64> {
+        if self.peers.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.peers.keys().copied().collect()
+        }
+    }
+
     pub(crate) fn produce_timeout(&self) -> Duration {
         Duration::from_millis(self.produce_timeout_ms)
+    }
+}
+
+/// Whether `address` (`host:port`) is on loopback: an IP address that is, or `localhost`.
+fn is_loopback(address: &str) -> bool {
+    match address.parse::<SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => address
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
     }
 }
 
@@ -304,5 +347,35 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn exposed_peers_need_tls_or_an_explicit_insecure_flag() {
+        let on = |addresses: &str, insecure: bool| Config {
+            peers: addresses.parse().unwrap(),
+            insecure_peers: insecure,
+            ..Config::default()
+        };
+        let loopback = on("1=127.0.0.1:7201,2=localhost:7202,3=[::1]:7203", false);
+        loopback.validate().unwrap();
+        let exposed = on("1=127.0.0.1:7201,2=10.0.0.2:7201,3=db3:7201", false);
+        let err = exposed.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("10.0.0.2:7201") && err.contains("insecure"),
+            "{err}"
+        );
+        on("1=127.0.0.1:7201,2=10.0.0.2:7201", true)
+            .validate()
+            .unwrap();
+        let listening_wide = Config {
+            peer_listen: "0.0.0.0:7201".parse().unwrap(),
+            ..loopback
+        };
+        assert!(listening_wide.validate().is_err());
+        let single = Config {
+            peer_listen: "0.0.0.0:7201".parse().unwrap(),
+            ..Config::default()
+        };
+        single.validate().unwrap();
     }
 }

@@ -187,6 +187,9 @@ pub enum Error {
     /// A configured resource limit would be exceeded; nothing was allocated.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+    /// The caller may not do this; the message says what it lacks.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// An operation did not finish in time; it may still take effect.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -9,7 +9,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), strata_broker::Error> {
-//! let config = strata_broker::Config { listen: "127.0.0.1:0".parse().unwrap(), http: None, ..Default::default() };
+//! let any_port = "127.0.0.1:0".parse().unwrap();
+//! let config = strata_broker::Config { listen: any_port, peer_listen: any_port, http: None, ..Default::default() };
 //! let broker = strata_broker::Broker::start(config).await?;
 //! println!("serving on {}", broker.address());
 //! broker.shutdown().await?;
@@ -19,8 +20,8 @@
 //! # Layout
 //! Bottom up; each module imports only those before it in this list. ARCHITECTURE.md has a
 //! paragraph per module on what it owns and may import.
-//! - [`config`], [`error`](Error), `names` (naming rules), `lock`, [`process`]: the
-//!   ground floor.
+//! - [`config`], [`error`](Error), `names` (naming rules), `lock`, [`process`], [`tls`]
+//!   (peer certificates and the peer listener's gate): the ground floor.
 //! - [`raft`]: openraft glue only: the log store over a storage log, the state-machine
 //!   adapter over a domain [`raft::Machine`], snapshots, the group handle, the peer service
 //!   and network. It imports no domain module.
@@ -54,6 +55,7 @@ pub mod raft;
 pub mod replica;
 pub mod search;
 mod server;
+pub mod tls;
 pub mod topics;
 
 pub use config::{Config, Fsync};

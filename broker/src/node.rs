@@ -32,6 +32,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// The gRPC address it listens on.
     pub address: SocketAddr,
+    /// The peer listener's address.
+    pub peer_address: SocketAddr,
     /// The HTTP address it listens on, if any.
     pub http_address: Option<SocketAddr>,
     serving: AtomicBool,
@@ -44,6 +46,8 @@ pub(crate) struct Addresses {
     pub address: SocketAddr,
     /// The client address it announces to the cluster.
     pub advertised: String,
+    /// The peer listener's address.
+    pub peer_address: SocketAddr,
     /// The HTTP address it listens on, if any.
     pub http_address: Option<SocketAddr>,
 }
@@ -68,6 +72,7 @@ impl Node {
             advertised: addresses.advertised,
             metrics: Arc::new(Metrics::new()),
             address: addresses.address,
+            peer_address: addresses.peer_address,
             http_address: addresses.http_address,
             serving: AtomicBool::new(true),
             stopping,

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::groups::Coordinator;
 use crate::node::{Addresses, Node};
 use crate::raft::{RaftEnv, RaftService, RaftTuning, Router};
+use crate::tls::{PeerGate, PeerTls};
 use crate::topics::{TopicLimits, Topics};
 
 /// HTTP/2 flow-control window of one stream (a request or a fetch stream).
@@ -72,6 +73,16 @@ impl Broker {
             None => None,
         };
         let http_address = http.as_ref().and_then(|l| l.local_addr().ok());
+        let peer = bind(config.peer_listen).await?;
+        let peer_address = peer.local_addr().map_err(|source| Error::Bind {
+            addr: config.peer_listen,
+            source,
+        })?;
+        let peer_tls = config
+            .peer_tls
+            .as_ref()
+            .map(|files| PeerTls::load(files, config.node_id))
+            .transpose()?;
         let data_lock = lock_data_dir(&config.data_dir)?;
         let advertised = config
             .advertise
@@ -89,6 +100,7 @@ impl Broker {
                 .iter()
                 .filter(|(id, _)| **id != config.node_id)
                 .map(|(id, a)| (*id, a.clone())),
+            peer_tls.clone(),
         );
         let tuning = RaftTuning {
             heartbeat_ms: config.raft_heartbeat_ms,
@@ -138,6 +150,7 @@ impl Broker {
         let addresses = Addresses {
             address,
             advertised: advertised.clone(),
+            peer_address,
             http_address,
         };
         let node = Arc::new(Node::new(
@@ -150,23 +163,32 @@ impl Broker {
         let (stop, _) = watch::channel(false);
 
         let mut servers = Vec::new();
-        // Batches are large: wide HTTP/2 windows and frames save flow-control round trips.
-        let grpc_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
-            .max_frame_size(HTTP2_MAX_FRAME)
-            .concurrency_limit_per_connection(node.config.max_in_flight_per_connection)
-            .add_routes(
-                api::grpc::routes(&node).add_service(
-                    RaftService::new(env.groups.clone(), cluster.forwarded_proposals())
-                        .into_server(node.config.max_request_bytes as usize),
-                ),
-            )
+        let client_server = grpc_server_builder(&node.config)
+            .add_routes(api::grpc::routes(&node))
             .serve_with_incoming_shutdown(no_delay(grpc), stopped(stop.subscribe()));
         servers.push(tokio::spawn(async move {
-            if let Err(e) = grpc_server.await {
+            if let Err(e) = client_server.await {
                 tracing::error!(error = %e, "gRPC server failed");
+            }
+        }));
+        // The peer listener: Raft, forwarded proposals, and the node-to-node shares of
+        // searches and aggregation queries, behind mutual TLS and the gate.
+        let mut peer_builder = grpc_server_builder(&node.config);
+        if let Some(tls) = &peer_tls {
+            peer_builder = peer_builder
+                .tls_config(tls.server())
+                .map_err(|e| Error::Config(format!("peer TLS: {e}")))?;
+        }
+        let gate = PeerGate::new(node.config.members(), peer_tls.is_some());
+        let raft = RaftService::new(env.groups.clone(), cluster.forwarded_proposals())
+            .into_server(node.config.max_request_bytes as usize);
+        let peer_server = peer_builder
+            .layer(tonic::service::InterceptorLayer::new(gate))
+            .add_routes(api::grpc::peer_routes(&node).add_service(raft))
+            .serve_with_incoming_shutdown(no_delay(peer), stopped(stop.subscribe()));
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = peer_server.await {
+                tracing::error!(error = %e, "peer gRPC server failed");
             }
         }));
         if let Some(listener) = http {
@@ -210,7 +232,7 @@ impl Broker {
             tokio::spawn(crate::agg::reconcile::run(topics, cluster.clone())),
             tokio::spawn(emitter.run()),
         ];
-        tracing::info!(node_id = node.config.node_id, %address, http = ?http_address, data_dir = %node.config.data_dir.display(), "node started");
+        tracing::info!(node_id = node.config.node_id, %address, %peer_address, peer_tls = peer_tls.is_some(), http = ?http_address, data_dir = %node.config.data_dir.display(), "node started");
         Ok(Broker {
             node,
             data_lock: Some(data_lock),
@@ -223,6 +245,11 @@ impl Broker {
     /// The gRPC address, with the real port when 0 was asked for.
     pub fn address(&self) -> SocketAddr {
         self.node.address
+    }
+
+    /// The peer listener's address, with the real port when 0 was asked for.
+    pub fn peer_address(&self) -> SocketAddr {
+        self.node.peer_address
     }
 
     /// The HTTP address, if serving one.
@@ -263,6 +290,17 @@ impl Drop for Broker {
             task.abort();
         }
     }
+}
+
+/// A gRPC server with the node's connection settings. Batches are large: wide HTTP/2
+/// windows and frames save flow-control round trips.
+fn grpc_server_builder(config: &Config) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_frame_size(HTTP2_MAX_FRAME)
+        .concurrency_limit_per_connection(config.max_in_flight_per_connection)
 }
 
 /// Locks `<data_dir>/LOCK` so that no second node uses the directory.

@@ -1,6 +1,7 @@
-//! Multi-node harness: real `strata-test-node` processes on loopback ports, every Raft link
-//! between two nodes through a [`Proxy`] the test can cut, nodes killed with SIGKILL and
-//! restarted on the same data directory and port.
+//! Multi-node harness: real `strata-test-node` processes on loopback ports, peer traffic over
+//! mutual TLS with a CA made for the cluster, every peer link between two nodes through a
+//! [`Proxy`] the test can cut, nodes killed with SIGKILL and restarted on the same data
+//! directory and ports.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,9 +13,11 @@ use std::time::Duration;
 
 use strata_broker::Config;
 use strata_broker::config::Peers;
+use strata_broker::tls::ClusterCa;
 use strata_client::Client;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::eventually;
 
@@ -100,6 +103,10 @@ pub struct TestNode {
     pub id: u64,
     /// Its client address.
     pub address: SocketAddr,
+    /// Its peer listener's address (other nodes reach it through proxies).
+    pub peer_address: SocketAddr,
+    /// Its peer TLS files, if peer TLS is on.
+    pub peer_tls: Option<strata_broker::tls::TlsFiles>,
     dir: PathBuf,
     config_path: PathBuf,
     child: Option<Child>,
@@ -134,14 +141,19 @@ pub struct TestCluster {
     /// The nodes, by index (node id = index + 1).
     pub nodes: Vec<TestNode>,
     proxies: BTreeMap<(u64, u64), Proxy>,
+    /// The CA that signed the nodes' peer certificates (tests issue more with it).
+    pub ca: ClusterCa,
     binary: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 /// A free port for a node, below the kernel's ephemeral range: a node killed and restarted
 /// must get its port back, and ports from the ephemeral range (what port 0 and outgoing
-/// connections use) can be taken by any connection while the node is down.
+/// connections use) can be taken by any connection while the node is down. No port is handed
+/// out twice by one test process.
 fn free_port() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     use rand::{Rng, SeedableRng};
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -155,7 +167,11 @@ fn free_port() -> SocketAddr {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for _ in 0..1000 {
         let address = SocketAddr::from(([127, 0, 0, 1], rng.random_range(low..high)));
-        if std::net::TcpListener::bind(address).is_ok() {
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&address.port()) && std::net::TcpListener::bind(address).is_ok() {
+            given.insert(address.port());
             return address;
         }
     }
@@ -164,15 +180,23 @@ fn free_port() -> SocketAddr {
 
 impl TestCluster {
     /// Starts `n` nodes from `binary` (the test's `CARGO_BIN_EXE_strata-test-node`), with
-    /// `tweak` applied to every node's configuration, and waits until they serve.
+    /// peer TLS on and `tweak` applied to every node's configuration, and waits until they
+    /// serve.
     pub async fn start(binary: &str, n: u64, tweak: impl Fn(&mut Config)) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let addresses: BTreeMap<u64, SocketAddr> = (1..=n).map(|id| (id, free_port())).collect();
+        let peer_addresses: BTreeMap<u64, SocketAddr> =
+            (1..=n).map(|id| (id, free_port())).collect();
+        let ids: Vec<u64> = (1..=n).collect();
+        let ca = ClusterCa::generate().expect("cluster CA");
+        let mut certificates = ca
+            .write_files(&dir.path().join("tls"), &ids)
+            .expect("cluster certificates");
         let mut proxies = BTreeMap::new();
         for from in 1..=n {
             for to in 1..=n {
                 if from != to {
-                    proxies.insert((from, to), Proxy::start(addresses[&to]).await);
+                    proxies.insert((from, to), Proxy::start(peer_addresses[&to]).await);
                 }
             }
         }
@@ -183,7 +207,7 @@ impl TestCluster {
             let peers: BTreeMap<u64, String> = (1..=n)
                 .map(|other| {
                     let address = if other == id {
-                        addresses[&id]
+                        peer_addresses[&id]
                     } else {
                         proxies[&(id, other)].address()
                     };
@@ -193,6 +217,8 @@ impl TestCluster {
             let mut config = Config {
                 node_id: id,
                 listen: addresses[&id],
+                peer_listen: peer_addresses[&id],
+                peer_tls: certificates.remove(&id),
                 // (A TOML file cannot say "no HTTP": give it a port of its own.)
                 http: Some(free_port()),
                 data_dir: node_dir.join("data"),
@@ -209,6 +235,8 @@ impl TestCluster {
             nodes.push(TestNode {
                 id,
                 address: addresses[&id],
+                peer_address: peer_addresses[&id],
+                peer_tls: config.peer_tls.clone(),
                 dir: node_dir,
                 config_path,
                 child: None,
@@ -217,6 +245,7 @@ impl TestCluster {
         let mut cluster = TestCluster {
             nodes,
             proxies,
+            ca,
             // `STRATA_TEST_NODE_BIN` runs another build of the node (a soak run of copied
             // binaries while the tree is rebuilt).
             binary: std::env::var_os("STRATA_TEST_NODE_BIN")
@@ -355,6 +384,31 @@ impl TestCluster {
         Client::connect(&self.node(id).address.to_string())
             .await
             .expect("client connects")
+    }
+
+    /// A connection to node `id`'s peer listener as a member would open it (presenting
+    /// node `id`'s own certificate when peer TLS is on), for calls only peers may make.
+    pub async fn peer_channel(&self, id: u64) -> Option<tonic::transport::Channel> {
+        let node = self.node(id);
+        let Some(files) = &node.peer_tls else {
+            return Endpoint::from_shared(format!("http://{}", node.peer_address))
+                .ok()?
+                .connect()
+                .await
+                .ok();
+        };
+        let read = |path: &Path| std::fs::read_to_string(path).expect("certificate files");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&files.ca)))
+            .identity(Identity::from_pem(read(&files.cert), read(&files.key)))
+            .domain_name(strata_broker::tls::node_name(id));
+        Endpoint::from_shared(format!("https://{}", node.peer_address))
+            .ok()?
+            .tls_config(tls)
+            .ok()?
+            .connect()
+            .await
+            .ok()
     }
 
     /// The node leading a partition, as the cluster's metadata says, once one is known.

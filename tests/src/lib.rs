@@ -28,6 +28,7 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("address"),
+            peer_listen: "127.0.0.1:0".parse().expect("address"),
             http: None,
             data_dir: dir.path().to_path_buf(),
             fsync: Fsync(strata_storage::FsyncPolicy::Always),
@@ -37,7 +38,8 @@ impl TestBroker {
         };
         tweak(&mut config);
         let broker = Broker::start(config.clone()).await.expect("broker starts");
-        config.listen = broker.address(); // a restart keeps the port
+        config.listen = broker.address(); // a restart keeps the ports
+        config.peer_listen = broker.peer_address();
         config.http = broker.http_address();
         TestBroker {
             broker: Some(broker),
@@ -53,6 +55,11 @@ impl TestBroker {
     /// `host:port` of the gRPC listener.
     pub fn address(&self) -> String {
         self.broker().address().to_string()
+    }
+
+    /// `host:port` of the peer listener.
+    pub fn peer_address(&self) -> String {
+        self.broker().peer_address().to_string()
     }
 
     /// The HTTP address, if serving.

@@ -53,6 +53,7 @@ fn json_lines(output: &Output) -> Vec<Value> {
 async fn start_broker(dir: &std::path::Path) -> Broker {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        peer_listen: "127.0.0.1:0".parse().unwrap(),
         http: None,
         data_dir: dir.to_path_buf(),
         ..Config::default()

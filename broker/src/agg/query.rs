@@ -298,7 +298,7 @@ async fn partial_query(
     request: v1::QueryAggregationRequest,
 ) -> Result<v1::QueryAggregationResponse, Error> {
     tokio::time::timeout(PARTIAL_TIMEOUT, async {
-        let channel = cluster.channel_to(node).await?;
+        let channel = cluster.channel_to(node)?;
         let mut rpc = v1::aggregations_client::AggregationsClient::new(channel)
             .max_decoding_message_size(usize::MAX);
         rpc.query(request)

@@ -16,14 +16,19 @@ use strata_broker::{Config, Fsync, process};
     version,
     long_about = "Runs one Strata node until SIGINT or SIGTERM, then shuts it down cleanly.\n\n\
 Settings come from, in increasing precedence: built-in defaults, the TOML file given with \
---config (keys named like the long flags, with underscores: node_id, listen, http, data_dir, \
+--config (keys named like the long flags, with underscores: node_id, listen, peer_listen, http, data_dir, \
 fsync, segment_bytes, max_batch_bytes, max_request_bytes, max_in_flight_per_connection, \
 produce_timeout_ms, max_timestamp_ahead_ms, max_timestamp_behind_ms, retention_check_ms, \
 max_partitions_per_node, max_topics, \
 group_min_session_timeout_ms, \
 group_max_session_timeout_ms, peers, advertise, raft_heartbeat_ms, \
-raft_election_timeout_ms), STRATA_* environment variables, and flags. Logging follows \
-STRATA_LOG (or RUST_LOG), e.g. STRATA_LOG=debug."
+raft_election_timeout_ms, insecure_peers, and a [peer_tls] table with ca, cert and key), STRATA_* \
+environment variables, and flags.\n\n\
+Clients use --listen; other nodes use --peer-listen (Raft and node-to-node calls), which --peers \
+lists for every node. With --peer-tls-* the peer listener takes only connections presenting a \
+certificate from that CA naming a member (DNS name node-<id>.strata); a multi-node cluster on \
+non-loopback addresses refuses to start without peer TLS unless --insecure-peers is given.\n\n\
+Logging follows STRATA_LOG (or RUST_LOG), e.g. STRATA_LOG=debug."
 )]
 struct Args {
     /// TOML configuration file.
@@ -32,9 +37,24 @@ struct Args {
     /// Node id.
     #[arg(long = "id", env = "STRATA_NODE_ID")]
     node_id: Option<u64>,
-    /// gRPC listen address.
+    /// gRPC listen address for clients.
     #[arg(long, env = "STRATA_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Listen address for other nodes (Raft, node-to-node calls).
+    #[arg(long, env = "STRATA_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// The cluster CA's certificate (PEM), for mutual TLS between nodes.
+    #[arg(long, env = "STRATA_PEER_TLS_CA", requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    peer_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), naming it as node-<id>.strata.
+    #[arg(long, env = "STRATA_PEER_TLS_CERT", requires_all = ["peer_tls_ca", "peer_tls_key"])]
+    peer_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "STRATA_PEER_TLS_KEY", requires_all = ["peer_tls_ca", "peer_tls_cert"])]
+    peer_tls_key: Option<PathBuf>,
+    /// Run a multi-node cluster on non-loopback addresses without peer TLS.
+    #[arg(long, env = "STRATA_INSECURE_PEERS")]
+    insecure_peers: bool,
     /// Operator HTTP address (/health, /metrics); `off` to serve none.
     #[arg(long, env = "STRATA_HTTP")]
     http: Option<String>,
@@ -50,8 +70,8 @@ struct Args {
     /// Largest record batch accepted, in bytes.
     #[arg(long, env = "STRATA_MAX_BATCH_BYTES")]
     max_batch_bytes: Option<u32>,
-    /// Every node of the cluster, this one included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
-    /// Omitted: a single-node cluster.
+    /// Every node of the cluster, this one included, by its peer listener:
+    /// `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. Omitted: a single-node cluster.
     #[arg(long, env = "STRATA_PEERS")]
     peers: Option<Peers>,
     /// The address clients should use for this node (default: the listen address).
@@ -81,6 +101,17 @@ fn run() -> anyhow::Result<()> {
     }
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if let Some(v) = args.peer_listen {
+        config.peer_listen = v;
+    }
+    if let (Some(ca), Some(cert), Some(key)) =
+        (args.peer_tls_ca, args.peer_tls_cert, args.peer_tls_key)
+    {
+        config.peer_tls = Some(strata_broker::tls::TlsFiles { ca, cert, key });
+    }
+    if args.insecure_peers {
+        config.insecure_peers = true;
     }
     if let Some(v) = &args.http {
         config.http = if v == "off" {

@@ -167,22 +167,16 @@ impl Cluster {
         self.state.borrow().address_of(node)
     }
 
-    /// A gRPC channel to `node`: the connection its Raft traffic uses when it is a peer
-    /// (no new connection and handshake per call), else a new one to its known address.
-    pub async fn channel_to(&self, node: u64) -> Result<tonic::transport::Channel> {
-        if let Some(channel) = self.env.router.channel(node) {
-            return Ok(channel);
-        }
-        let unavailable = |reason: String| Error::PeerUnavailable { node, reason };
-        let address = self
-            .address_of(node)
-            .ok_or_else(|| unavailable("no known address".into()))?;
-        tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| unavailable(e.to_string()))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| unavailable(e.to_string()))
+    /// A gRPC channel to `node`'s peer listener: the connection its Raft traffic uses (no
+    /// new connection and handshake per call).
+    pub fn channel_to(&self, node: u64) -> Result<tonic::transport::Channel> {
+        self.env
+            .router
+            .channel(node)
+            .ok_or_else(|| Error::PeerUnavailable {
+                node,
+                reason: "not a peer of this node".into(),
+            })
     }
 
     /// Forwards `command` to `leader` (see [`ForwardedProposals`]).

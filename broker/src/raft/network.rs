@@ -1,6 +1,7 @@
 //! The client side of node-to-node Raft traffic: one lazily connected gRPC channel (one
-//! HTTP/2 connection) per peer, shared by every group. [`Router`] is openraft-multi's
-//! `GroupRouter`; each group gets a `GroupNetworkFactory` over it.
+//! HTTP/2 connection) per peer's peer listener, shared by every group, over mutual TLS when
+//! the node has peer certificates. [`Router`] is openraft-multi's `GroupRouter`; each group
+//! gets a `GroupNetworkFactory` over it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -23,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::wire::{SnapshotMessage, encode_append};
 use super::{GroupId, Snapshot, TypeConfig, Vote};
+use crate::tls::PeerTls;
 
 /// How long connecting to a peer may take before the attempt counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -39,6 +41,7 @@ pub struct Router {
 
 struct RouterInner {
     peers: RwLock<HashMap<u64, Peer>>,
+    tls: Option<PeerTls>,
 }
 
 #[derive(Clone)]
@@ -69,11 +72,13 @@ fn unreachable(msg: impl ToString) -> RaftError {
 }
 
 impl Router {
-    /// A router to the given peers (node id → `host:port`); connections open on first use.
-    pub fn new(peers: impl IntoIterator<Item = (u64, String)>) -> Router {
+    /// A router to the given peers (node id → `host:port` of their peer listeners), over
+    /// mutual TLS with `tls`; connections open on first use.
+    pub fn new(peers: impl IntoIterator<Item = (u64, String)>, tls: Option<PeerTls>) -> Router {
         let router = Router {
             inner: Arc::new(RouterInner {
                 peers: RwLock::new(HashMap::new()),
+                tls,
             }),
         };
         for (id, address) in peers {
@@ -92,7 +97,18 @@ impl Router {
         if peers.get(&id).is_some_and(|p| p.address == address) {
             return;
         }
-        match Endpoint::from_shared(format!("http://{address}")) {
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{address}")).and_then(|e| {
+            match &self.inner.tls {
+                Some(tls) => e.tls_config(tls.client(id)),
+                None => Ok(e),
+            }
+        });
+        match endpoint {
             Ok(endpoint) => {
                 let channel = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)

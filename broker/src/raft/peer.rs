@@ -3,6 +3,11 @@
 //! group this node does not run (yet) answers `NOT_FOUND`, a group that is stopping
 //! `UNAVAILABLE`; the sender treats both as unreachable and backs off. Controller commands
 //! forwarded by other nodes (`Propose`) go to the [`ForwardedProposals`] the node passes in.
+//!
+//! The service is served on the peer listener only, behind its gate ([`crate::tls`]): a
+//! message naming a sender (an append's leader, a vote's candidate, a snapshot's or a leader
+//! transfer's leader) is refused unless that is the node whose certificate the connection
+//! presented.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,6 +21,10 @@ use tonic::{Request, Response, Status};
 
 use super::wire::{SnapshotMessage, decode_append};
 use super::{CONTROLLER_GROUP, Group, GroupId, MAX_TERM, Snapshot};
+use crate::tls::PeerCaller;
+
+type VoteRequest = openraft::raft::VoteRequest<super::TypeConfig>;
+type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<super::TypeConfig>;
 
 /// Takes the controller commands other nodes forward to this one while it leads the
 /// controller (`Raft.Propose`). The body is the command as the forwarding node encoded it,
@@ -143,6 +152,13 @@ fn excessive_term(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// Who sent `request`, as the peer listener's gate found; refused if it did not come through
+/// the gate.
+fn caller<T>(request: &Request<T>) -> Result<PeerCaller, Status> {
+    PeerCaller::of(request)
+        .ok_or_else(|| Status::permission_denied("raft calls are taken from peers only"))
+}
+
 fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft group stopped: {e}"))
 }
@@ -153,7 +169,9 @@ impl v1::raft_server::Raft for RaftService {
         &self,
         request: Request<v1::RaftAppendRequest>,
     ) -> Result<Response<v1::RaftReply>, Status> {
+        let caller = caller(&request)?;
         let (group, rpc) = decode_append(request.into_inner()).map_err(Status::invalid_argument)?;
+        caller.check_sender(rpc.vote.leader_id.node_id)?;
         let raft = self.groups.require(group)?;
         let resp = raft.raft().append_entries(rpc).await.map_err(stopped)?;
         reply(&resp)
@@ -163,9 +181,11 @@ impl v1::raft_server::Raft for RaftService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftReply>, Status> {
+        let caller = caller(&request)?;
         let msg = request.into_inner();
         let raft = self.groups.require(msg.group_id)?;
-        let rpc = decode(&msg)?;
+        let rpc: VoteRequest = decode(&msg)?;
+        caller.check_sender(rpc.vote.leader_id.node_id)?;
         let resp = raft.raft().vote(rpc).await.map_err(stopped)?;
         reply(&resp)
     }
@@ -174,9 +194,11 @@ impl v1::raft_server::Raft for RaftService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftReply>, Status> {
+        let caller = caller(&request)?;
         let msg = request.into_inner();
         let raft = self.groups.require(msg.group_id)?;
-        let rpc = decode(&msg)?;
+        let rpc: VoteRequest = decode(&msg)?;
+        caller.check_sender(rpc.vote.leader_id.node_id)?;
         let resp = raft.raft().pre_vote(rpc).await.map_err(stopped)?;
         reply(&resp)
     }
@@ -185,9 +207,11 @@ impl v1::raft_server::Raft for RaftService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftReply>, Status> {
+        let caller = caller(&request)?;
         let msg = request.into_inner();
         let raft = self.groups.require(msg.group_id)?;
         let SnapshotMessage { vote, meta, data } = decode(&msg)?;
+        caller.check_sender(vote.leader_id.node_id)?;
         let snapshot = Snapshot {
             meta,
             snapshot: Bytes::from(data),
@@ -204,6 +228,7 @@ impl v1::raft_server::Raft for RaftService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftReply>, Status> {
+        caller(&request)?;
         let msg = request.into_inner();
         if self.groups.get(CONTROLLER_GROUP).is_none() {
             return Err(Status::unavailable("the controller is not running here"));
@@ -220,9 +245,11 @@ impl v1::raft_server::Raft for RaftService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftReply>, Status> {
+        let caller = caller(&request)?;
         let msg = request.into_inner();
         let raft = self.groups.require(msg.group_id)?;
-        let rpc = decode(&msg)?;
+        let rpc: TransferLeaderRequest = decode(&msg)?;
+        caller.check_sender(rpc.from_leader().leader_id.node_id)?;
         let resp = raft
             .raft()
             .handle_transfer_leader(rpc)

@@ -497,7 +497,7 @@ impl Search {
             ..request
         };
         tokio::time::timeout(PARTIAL_TIMEOUT, async {
-            let channel = self.cluster.channel_to(node).await?;
+            let channel = self.cluster.channel_to(node)?;
             // A share may hold up to MAX_LIMIT whole records.
             let mut rpc =
                 v1::search_client::SearchClient::new(channel).max_decoding_message_size(usize::MAX);

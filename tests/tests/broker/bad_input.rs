@@ -201,10 +201,12 @@ async fn t20_bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
 async fn t21_forged_raft_messages_are_refused_and_the_node_keeps_serving() {
     let mut broker = TestBroker::start_with(|c| c.max_request_bytes = 4 << 20).await;
     let client = broker.client_with_topic("before", 1).await;
-    let mut raft = v1::raft_client::RaftClient::connect(format!("http://{}", broker.address()))
-        .await
-        .unwrap()
-        .max_encoding_message_size(usize::MAX);
+    // (A single node on loopback: its peer listener is plain, every caller a trusted peer.)
+    let mut raft =
+        v1::raft_client::RaftClient::connect(format!("http://{}", broker.peer_address()))
+            .await
+            .unwrap()
+            .max_encoding_message_size(usize::MAX);
     let huge_vote = serde_json::json!({
         "vote": {"leader_id": {"term": u64::MAX, "node_id": 9}, "committed": false},
         "last_log_id": null,
@@ -343,8 +345,9 @@ async fn t22_timestamps_far_ahead_of_the_broker_clock_are_refused() {
     );
 }
 
-/// t23: a search built to amplify work is bounded: a partition or topic named 20,000 times
-/// is searched once, and an answer carries at most the node's request limit of record bytes
+/// t23: a search built to amplify work is bounded: naming partitions is for other nodes
+/// only (refused on the client port), a partition or topic named 20,000 times is searched
+/// once, and an answer carries at most the node's request limit of record bytes
 /// (the best hits that fit; its total still counts every match).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t23_searches_built_to_amplify_work_are_bounded() {
@@ -358,11 +361,15 @@ async fn t23_searches_built_to_amplify_work_are_bounded() {
             .await
             .unwrap();
     }
-    let mut search =
-        v1::search_client::SearchClient::connect(format!("http://{}", broker.address()))
+    let connect = |address: String| async move {
+        v1::search_client::SearchClient::connect(format!("http://{address}"))
             .await
             .unwrap()
-            .max_decoding_message_size(64 << 20);
+            .max_decoding_message_size(64 << 20)
+    };
+    // Only another node names partitions (a share of its search): on the peer listener.
+    let mut search = connect(broker.address()).await;
+    let mut peer_search = connect(broker.peer_address()).await;
     let request = |topics: Vec<String>, partitions: Vec<v1::SearchPartition>| v1::SearchRequest {
         query: "needle".into(),
         limit: 30,
@@ -377,8 +384,13 @@ async fn t23_searches_built_to_amplify_work_are_bounded() {
         };
         20_000
     ];
+    let refused = search
+        .search(request(Vec::new(), share[..1].to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let answer = eventually(WAIT, "every record to be searchable", async || {
-        let r = search
+        let r = peer_search
             .search(request(Vec::new(), share.clone()))
             .await
             .unwrap()

@@ -273,6 +273,7 @@ async fn t11_restart_keeps_topics_and_data() {
     assert_eq!(meta.offset, 50);
     let second = strata_broker::Broker::start(strata_broker::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        peer_listen: "127.0.0.1:0".parse().unwrap(),
         http: None,
         data_dir: broker.data_dir().to_path_buf(),
         ..Default::default()

@@ -1,8 +1,9 @@
-//! Multi-node tests: three `strata-test-node` processes on loopback, Raft traffic through
-//! proxies the tests cut, nodes killed with SIGKILL.
+//! Multi-node tests: three `strata-test-node` processes on loopback, peer traffic over mutual
+//! TLS through proxies the tests cut, nodes killed with SIGKILL.
 //!
 //! Numbered cases by area: t30–t39 replication (`replication`, and t36 in `groups`),
-//! t40–t49 aggregations, t50–t59 search; `support` holds the helpers they share.
+//! t40–t49 aggregations, t50–t59 search, t60–t69 security; `support` holds the helpers they
+//! share.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,4 +11,5 @@ mod aggregations;
 mod groups;
 mod replication;
 mod search;
+mod security;
 mod support;

@@ -97,16 +97,15 @@ fn is_invalid(e: &strata_client::Error) -> bool {
 }
 
 /// Searches one node's replicas of `partitions` as they are (the internal form of the
-/// request a node sends to another).
+/// request a node sends to another, on its peer listener).
 async fn replica_search(
-    address: std::net::SocketAddr,
+    cluster: &TestCluster,
+    node: u64,
     topic: &str,
     partitions: &[u32],
 ) -> Option<strata_proto::v1::SearchResponse> {
     use strata_proto::v1;
-    let mut rpc = v1::search_client::SearchClient::connect(format!("http://{address}"))
-        .await
-        .ok()?;
+    let mut rpc = v1::search_client::SearchClient::new(cluster.peer_channel(node).await?);
     rpc.search(v1::SearchRequest {
         query: "*".into(),
         limit: 10_000,
@@ -430,9 +429,8 @@ async fn t51_indexes_survive_kills_and_are_rebuilt_from_the_log() {
     };
     // Kill the leader of partition 0 once it has indexed part of the stream.
     let victim = cluster.leader_of("indexed", 0).await;
-    let victim_address = cluster.node(victim).address;
     eventually(Duration::from_secs(30), "indexing under way", async || {
-        let r = replica_search(victim_address, "indexed", &[0, 1]).await?;
+        let r = replica_search(&cluster, victim, "indexed", &[0, 1]).await?;
         (r.total >= 300).then_some(())
     })
     .await;
@@ -499,12 +497,11 @@ async fn t51_indexes_survive_kills_and_are_rebuilt_from_the_log() {
     }
     // Every replica's index ends up equal to its log: each record exactly once.
     for node in &cluster.nodes {
-        let address = node.address;
         let r = eventually(
             Duration::from_secs(60),
             "replica indexes caught up",
             async || {
-                let r = replica_search(address, "indexed", &[0, 1]).await?;
+                let r = replica_search(&cluster, node.id, "indexed", &[0, 1]).await?;
                 (r.total >= events.len() as u64 && r.not_indexed == 0).then_some(r)
             },
         )

@@ -23,6 +23,9 @@ pub struct Args {
     /// gRPC address of node 1; node N listens on the port N-1 above it.
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
+    /// Peer listener (Raft, node-to-node calls) of node 1; node N on the port N-1 above.
+    #[arg(long, default_value = "127.0.0.1:7201")]
+    pub peer_listen: SocketAddr,
     /// Operator HTTP address (/health, /metrics) of node 1; node N on the port N-1 above.
     #[arg(long, default_value = "127.0.0.1:7101")]
     pub http: SocketAddr,
@@ -47,13 +50,26 @@ fn shifted(address: SocketAddr, by: u64) -> anyhow::Result<SocketAddr> {
 pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
     let mut peers = std::collections::BTreeMap::new();
     for id in 1..=args.nodes {
-        peers.insert(id, shifted(args.listen, id - 1)?.to_string());
+        peers.insert(id, shifted(args.peer_listen, id - 1)?.to_string());
     }
+    // Peer traffic takes the production path: mutual TLS with a throw-away CA, made anew at
+    // each start.
+    let ids: Vec<u64> = peers.keys().copied().collect();
+    let tls_dir = args.data_dir.join("tls");
+    let mut certificates = strata_broker::tls::write_dev_certificates(&tls_dir, &ids)
+        .with_context(|| {
+            format!(
+                "making the dev cluster's certificates in {}",
+                tls_dir.display()
+            )
+        })?;
     let mut brokers = Vec::new();
     for id in 1..=args.nodes {
         let config = Config {
             node_id: id,
             listen: shifted(args.listen, id - 1)?,
+            peer_listen: shifted(args.peer_listen, id - 1)?,
+            peer_tls: certificates.remove(&id),
             http: Some(shifted(args.http, id - 1)?),
             data_dir: args.data_dir.join(format!("node-{id}")),
             fsync: args.fsync,
@@ -72,6 +88,7 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
             "nodes": brokers.iter().enumerate().map(|(i, b)| json!({
                 "id": i + 1,
                 "grpc": b.address().to_string(),
+                "peer": b.peer_address().to_string(),
                 "http": b.http_address().map(|a| a.to_string()),
             })).collect::<Vec<_>>(),
             "data_dir": args.data_dir.display().to_string(),
@@ -96,7 +113,12 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
                 .http_address()
                 .map(|h| format!("   health http://{h}/health   metrics http://{h}/metrics"))
                 .unwrap_or_default();
-            println!("  node {}  gRPC {}{http}", i + 1, b.address());
+            println!(
+                "  node {}  gRPC {}   peers {} (mutual TLS){http}",
+                i + 1,
+                b.address(),
+                b.peer_address()
+            );
         }
         println!("  STRATA_BROKERS={bootstrap}");
         if args.demo {

@@ -16,6 +16,7 @@ use super::Api;
 use crate::agg::Selection;
 use crate::agg::def::{AggregationDef, DEFAULT_RETAIN_MS, GroupBy, Measure, TimeSource, Window};
 use crate::error::Error;
+use crate::tls::PeerCaller;
 
 /// How often a watch looks for changed windows.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -169,6 +170,12 @@ impl v1::aggregations_server::Aggregations for Api {
         request: Request<v1::QueryAggregationRequest>,
     ) -> Result<Response<v1::QueryAggregationResponse>, Status> {
         self.check_serving()?;
+        if request.get_ref().partial && PeerCaller::of(&request).is_none() {
+            return Err(Error::PermissionDenied(
+                "only another node may ask for partial windows".into(),
+            )
+            .into());
+        }
         Ok(Response::new(
             self.node.aggregations.query(request.into_inner()).await?,
         ))

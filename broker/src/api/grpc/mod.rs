@@ -71,3 +71,12 @@ pub(crate) fn routes(node: &Arc<Node>) -> tonic::service::Routes {
     )
     .add_service(observe.layer(v1::health_server::HealthServer::new(api)))
 }
+
+/// The services the peer listener adds to Raft: the node-to-node shares of a search and of
+/// an aggregation query.
+pub(crate) fn peer_routes(node: &Arc<Node>) -> tonic::service::Routes {
+    let api = Api::new(node.clone());
+    let observe = Observe::new(node.metrics.clone());
+    tonic::service::Routes::new(observe.layer(v1::search_server::SearchServer::new(api.clone())))
+        .add_service(observe.layer(v1::aggregations_server::AggregationsServer::new(api)))
+}

@@ -22,6 +22,7 @@ pub fn code(e: &Error) -> ErrorCode {
         Error::InvalidBatch { .. } => ErrorCode::InvalidBatch,
         Error::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         Error::LimitExceeded(_) => ErrorCode::LimitExceeded,
+        Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
         Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         Error::Storage { .. } | Error::Io { .. } => ErrorCode::StorageError,
         Error::UnknownMember { .. } => ErrorCode::UnknownMember,
@@ -74,6 +75,8 @@ pub fn status(e: &Error) -> Status {
         | ErrorCode::RebalanceInProgress
         | ErrorCode::OutOfOrderSequence
         | ErrorCode::ProducerFenced => Code::FailedPrecondition,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
         ErrorCode::StorageError => Code::Internal,
         ErrorCode::Timeout => Code::DeadlineExceeded,
         ErrorCode::Unavailable | ErrorCode::Unspecified => Code::Unavailable,
