@@ -28,12 +28,12 @@ MODULES = set()
 # children). A module not listed is on the ground floor.
 LAYERS = [
     ["raft"],
-    ["agg", "search"],  # the features' pure halves (their tasks are listed higher up)
+    ["agg", "search", "auth"],  # the features' pure halves (their tasks are listed higher up)
     ["controller"],
     ["replica"],
     ["search::feed"],
     ["topics"],
-    ["agg::query", "agg::reconcile", "agg::emit", "search::scatter", "groups"],
+    ["agg::query", "agg::reconcile", "agg::emit", "search::scatter", "groups", "auth::gate"],
     ["node", "metrics"],
     ["api"],
     ["server"],

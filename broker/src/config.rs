@@ -63,6 +63,27 @@ impl std::fmt::Display for Fsync {
     }
 }
 
+/// Whether clients must log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every call needs a token from `Access.Login`; ACLs apply.
+    Required,
+    /// No login; every caller may do everything.
+    Off,
+}
+
+impl FromStr for AuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "required" => Ok(AuthMode::Required),
+            "off" => Ok(AuthMode::Off),
+            other => Err(format!("auth must be `required` or `off`, not `{other}`")),
+        }
+    }
+}
+
 /// The nodes of a cluster: node id → address of its peer listener, written `1=host:port,2=host:port,...`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -128,6 +149,24 @@ pub struct Config {
     pub node_id: u64,
     /// gRPC address to listen on for clients (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// TLS certificate (chain, PEM) of the client listener; with `tls_key`, clients must
+    /// connect with TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Lets the client listener serve plain text, or without authentication, on a
+    /// non-loopback address.
+    pub insecure_clients: bool,
+    /// Whether clients must log in; none: required unless the client listener is on
+    /// loopback.
+    pub auth: Option<AuthMode>,
+    /// Users no ACL applies to.
+    pub superusers: Vec<String>,
+    /// A file holding the password of the first superuser, who is created with it if it does
+    /// not exist (never changed afterwards).
+    pub bootstrap_password_file: Option<PathBuf>,
+    /// How long a login token lives (ms).
+    pub token_ttl_ms: u64,
     /// Address of the peer listener, where other nodes send Raft and node-to-node calls
     /// (port 0 picks a free port). The client listener serves no peer call.
     pub peer_listen: SocketAddr,
@@ -185,6 +224,13 @@ impl Default for Config {
         Config {
             node_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            tls_cert: None,
+            tls_key: None,
+            insecure_clients: false,
+            auth: None,
+            superusers: Vec::new(),
+            bootstrap_password_file: None,
+            token_ttl_ms: 3_600_000,
             peer_listen: SocketAddr::from(([127, 0, 0, 1], 7201)),
             peer_tls: None,
             insecure_peers: false,
@@ -255,6 +301,33 @@ impl Config {
                 self.peers.keys().collect::<Vec<_>>()
             ));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return fail("tls_cert and tls_key go together".into());
+        }
+        if self.tls_cert.is_none() && !self.insecure_clients && !self.listen.ip().is_loopback() {
+            return fail(format!(
+                "the client listener {} is not a loopback address: give it TLS (tls_cert and \
+                 tls_key, or --tls-cert/--tls-key), or an explicit insecure_clients \
+                 (--insecure-clients)",
+                self.listen
+            ));
+        }
+        if !self.auth_required() && !self.insecure_clients && !self.listen.ip().is_loopback() {
+            return fail(format!(
+                "the client listener {} is not a loopback address: clients must log in there \
+                 (auth = required), or give an explicit insecure_clients (--insecure-clients)",
+                self.listen
+            ));
+        }
+        for user in &self.superusers {
+            crate::names::validate(user).map_err(|e| Error::Config(format!("superuser: {e}")))?;
+        }
+        if self.bootstrap_password_file.is_some() && self.superusers.is_empty() {
+            return fail("bootstrap_password_file needs a superuser to create".into());
+        }
+        if self.token_ttl_ms < 1_000 {
+            return fail("token_ttl_ms must be at least 1000".into());
+        }
         if self.peers.len() > 1 && self.peer_tls.is_none() && !self.insecure_peers {
             let exposed = std::iter::once(self.peer_listen.to_string())
                 .chain(self.peers.values().cloned())
@@ -289,6 +362,14 @@ impl Config {
             fsync: self.fsync.0,
             flusher,
             ..strata_storage::LogConfig::default()
+        }
+    }
+
+    /// Whether clients must log in (by default: unless the client listener is on loopback).
+    pub fn auth_required(&self) -> bool {
+        match self.auth {
+            Some(mode) => mode == AuthMode::Required,
+            None => !self.listen.ip().is_loopback(),
         }
     }
 
@@ -377,5 +458,35 @@ mod tests {
             ..Config::default()
         };
         single.validate().unwrap();
+    }
+
+    #[test]
+    fn an_exposed_client_listener_needs_tls_or_an_explicit_insecure_flag() {
+        let exposed = Config {
+            listen: "0.0.0.0:7001".parse().unwrap(),
+            ..Config::default()
+        };
+        let err = exposed.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:7001") && err.contains("tls_cert"),
+            "{err}"
+        );
+        Config {
+            insecure_clients: true,
+            ..exposed.clone()
+        }
+        .validate()
+        .unwrap();
+        let with_tls = Config {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..exposed.clone()
+        };
+        with_tls.validate().unwrap();
+        let half = Config {
+            tls_key: None,
+            ..with_tls
+        };
+        assert!(half.validate().is_err());
     }
 }

@@ -187,6 +187,9 @@ pub enum Error {
     /// A configured resource limit would be exceeded; nothing was allocated.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+    /// The caller is not authenticated (no token, a bad or expired one, a wrong password).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     /// The caller may not do this; the message says what it lacks.
     #[error("permission denied: {0}")]
     PermissionDenied(String),

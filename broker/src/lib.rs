@@ -42,6 +42,7 @@
 
 pub mod agg;
 mod api;
+pub mod auth;
 pub mod config;
 pub mod controller;
 mod error;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::agg::query::Aggregations;
+use crate::auth::gate::Authenticator;
 use crate::config::Config;
 use crate::controller::Cluster;
 use crate::groups::Coordinator;
@@ -26,6 +27,8 @@ pub struct Node {
     pub aggregations: Aggregations,
     /// Searching the cluster from this node.
     pub search: Search,
+    /// Who callers are and what they may do.
+    pub auth: Arc<Authenticator>,
     /// The client address it announces to the cluster.
     pub advertised: String,
     /// Its metrics.
@@ -62,10 +65,17 @@ impl Node {
     ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
         let max_answer_bytes = config.max_request_bytes as usize;
+        let auth = Arc::new(Authenticator::new(
+            cluster.clone(),
+            config.auth_required(),
+            config.superusers.clone(),
+            std::time::Duration::from_millis(config.token_ttl_ms),
+        ));
         Node {
             config,
             aggregations: Aggregations::new(topics.clone(), cluster.clone()),
             search: Search::new(topics.clone(), cluster.clone(), max_answer_bytes),
+            auth,
             topics,
             groups,
             cluster,

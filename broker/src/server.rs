@@ -83,6 +83,24 @@ impl Broker {
             .as_ref()
             .map(|files| PeerTls::load(files, config.node_id))
             .transpose()?;
+        let bootstrap_password = match &config.bootstrap_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "cannot read the bootstrap password {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let client_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::client_listener(cert, key)?),
+            _ => None,
+        };
         let data_lock = lock_data_dir(&config.data_dir)?;
         let advertised = config
             .advertise
@@ -163,7 +181,13 @@ impl Broker {
         let (stop, _) = watch::channel(false);
 
         let mut servers = Vec::new();
-        let client_server = grpc_server_builder(&node.config)
+        let mut client_builder = grpc_server_builder(&node.config);
+        if let Some(tls) = client_tls {
+            client_builder = client_builder
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("client TLS: {e}")))?;
+        }
+        let client_server = client_builder
             .add_routes(api::grpc::routes(&node))
             .serve_with_incoming_shutdown(no_delay(grpc), stopped(stop.subscribe()));
         servers.push(tokio::spawn(async move {
@@ -208,7 +232,7 @@ impl Broker {
             Duration::from_millis(node.config.retention_check_ms),
         );
         let emitter = Emitter::new(node.aggregations.clone(), topics.clone(), cluster.clone());
-        let background = vec![
+        let mut background = vec![
             tokio::spawn({
                 let node = node.clone();
                 async move { node.groups.sweep_forever().await }
@@ -232,6 +256,14 @@ impl Broker {
             tokio::spawn(crate::agg::reconcile::run(topics, cluster.clone())),
             tokio::spawn(emitter.run()),
         ];
+        if let (Some(password), Some(user)) =
+            (bootstrap_password, node.config.superusers.first().cloned())
+        {
+            let auth = node.auth.clone();
+            background.push(tokio::spawn(
+                async move { auth.bootstrap(user, password).await },
+            ));
+        }
         tracing::info!(node_id = node.config.node_id, %address, %peer_address, peer_tls = peer_tls.is_some(), http = ?http_address, data_dir = %node.config.data_dir.display(), "node started");
         Ok(Broker {
             node,

@@ -1,7 +1,7 @@
 //! Topic and group administration.
 
+use crate::client::Transport;
 use strata_proto::v1;
-use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::error::{Result, from_status};
@@ -258,7 +258,7 @@ impl Admin {
         Admin { client }
     }
 
-    fn admin(&self) -> Result<v1::admin_client::AdminClient<Channel>> {
+    fn admin(&self) -> Result<v1::admin_client::AdminClient<Transport>> {
         Ok(v1::admin_client::AdminClient::new(
             self.client.any_channel()?,
         ))
@@ -268,7 +268,7 @@ impl Admin {
     /// following its NOT_LEADER hint and retrying a few times while it moves.
     async fn with_coordinator<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: Fn(v1::groups_client::GroupsClient<Channel>) -> Fut,
+        F: Fn(v1::groups_client::GroupsClient<Transport>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let mut attempt = 0;

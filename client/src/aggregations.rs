@@ -21,9 +21,9 @@
 //! # Ok(()) }
 //! ```
 
+use crate::client::Transport;
 use strata_proto::v1;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::error::{Result, from_status};
@@ -45,7 +45,7 @@ impl Aggregations {
         Aggregations { client }
     }
 
-    fn rpc(&self) -> Result<v1::aggregations_client::AggregationsClient<Channel>> {
+    fn rpc(&self) -> Result<v1::aggregations_client::AggregationsClient<Transport>> {
         Ok(v1::aggregations_client::AggregationsClient::new(
             self.client.any_channel()?,
         ))

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use strata_proto::v1;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::admin::Admin;
 use crate::consumer::ConsumerBuilder;
@@ -23,6 +26,80 @@ pub struct ClientConfig {
     pub max_message_bytes: usize,
     /// Name of this client, shown in group descriptions.
     pub client_id: String,
+    /// TLS to the brokers' client listeners; none: plain text.
+    pub tls: Option<ClientTls>,
+    /// A user and password to log in with (send them over TLS); none: no login.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The transport of every call: a channel whose requests carry the login token, if any.
+pub(crate) type Transport = InterceptedService<Channel, TokenHeader>;
+
+/// Puts the current token in each request's `authorization` header.
+#[derive(Clone, Default)]
+pub(crate) struct TokenHeader {
+    token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
+}
+
+impl Interceptor for TokenHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.token.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            request.metadata_mut().insert("authorization", token);
+        }
+        Ok(request)
+    }
+}
+
+/// TLS settings of a client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA certificate(s) that signed the brokers' certificates (PEM).
+    pub ca_pem: Vec<u8>,
+    /// The name to verify in every broker's certificate; none: the host of the address
+    /// connected to.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// TLS trusting the CA in the PEM file at `path`.
+    pub fn from_ca_file(path: &std::path::Path) -> Result<ClientTls> {
+        let ca_pem = std::fs::read(path).map_err(|e| {
+            Error::InvalidConfig(format!("cannot read the CA file {}: {e}", path.display()))
+        })?;
+        Ok(ClientTls {
+            ca_pem,
+            domain: None,
+        })
+    }
 }
 
 impl Default for ClientConfig {
@@ -32,6 +109,8 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
             client_id: "strata-client".to_string(),
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -73,6 +152,7 @@ impl std::fmt::Debug for Client {
 struct Inner {
     bootstrap: Vec<String>,
     config: ClientConfig,
+    token: TokenHeader,
     channels: Mutex<HashMap<String, Channel>>,
     cluster: RwLock<Cluster>,
 }
@@ -99,12 +179,56 @@ impl Client {
             inner: Arc::new(Inner {
                 bootstrap,
                 config,
+                token: TokenHeader::default(),
                 channels: Mutex::new(HashMap::new()),
                 cluster: RwLock::new(Cluster::default()),
             }),
         };
+        if client.inner.config.credentials.is_some() {
+            let expires_ms = client.login().await?;
+            tokio::spawn(renew_login(Arc::downgrade(&client.inner), expires_ms));
+        }
         client.refresh(&[]).await?;
         Ok(client)
+    }
+
+    /// Logs in with the configured credentials through any broker; the token's expiry.
+    async fn login(&self) -> Result<i64> {
+        let Some(credentials) = &self.inner.config.credentials else {
+            return Ok(i64::MAX);
+        };
+        let mut last = Error::InvalidConfig("no broker known".into());
+        for address in self.candidates() {
+            let mut rpc = v1::access_client::AccessClient::new(self.channel(&address)?);
+            let mut request = tonic::Request::new(v1::LoginRequest {
+                user: credentials.user.clone(),
+                password: credentials.password.clone(),
+            });
+            request.set_timeout(self.inner.config.request_timeout);
+            match rpc.login(request).await {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    let header = format!("Bearer {}", answer.token)
+                        .parse::<MetadataValue<Ascii>>()
+                        .map_err(|e| Error::InvalidConfig(format!("unusable token: {e}")))?;
+                    *self
+                        .inner
+                        .token
+                        .token
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(header);
+                    return Ok(answer.expires_ms);
+                }
+                Err(status) => {
+                    let e = from_status(status);
+                    if !e.is_retriable() {
+                        return Err(e);
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The settings.
@@ -132,23 +256,45 @@ impl Client {
         crate::Aggregations::new(self.clone())
     }
 
+    /// Users and ACL rules.
+    pub fn access(&self) -> crate::Access {
+        crate::Access::new(self.clone())
+    }
+
     /// The search API.
     pub fn search(&self) -> crate::Search {
         crate::Search::new(self.clone())
     }
 
-    /// A channel to `address` (connected lazily, then kept).
-    pub(crate) fn channel(&self, address: &str) -> Result<Channel> {
+    /// A channel to `address` (connected lazily, then kept), carrying the login token.
+    pub(crate) fn channel(&self, address: &str) -> Result<Transport> {
+        let transport = |c: Channel| InterceptedService::new(c, self.inner.token.clone());
         let mut channels = self
             .inner
             .channels
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
+            return Ok(transport(channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::InvalidConfig(format!("bad broker address `{address}`: {e}")))?
+        let bad = |e: tonic::transport::Error| {
+            Error::InvalidConfig(format!("cannot set up a connection to `{address}`: {e}"))
+        };
+        let scheme = if self.inner.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}")).map_err(bad)?;
+        if let Some(tls) = &self.inner.config.tls {
+            let mut settings =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some(domain) = &tls.domain {
+                settings = settings.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(settings).map_err(bad)?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true)
             // Batches are large: wide HTTP/2 windows and frames save flow-control round trips.
@@ -159,7 +305,7 @@ impl Client {
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
-        Ok(channel)
+        Ok(transport(channel))
     }
 
     /// Addresses to ask for metadata: the last broker that answered, the known nodes, then
@@ -181,7 +327,7 @@ impl Client {
     }
 
     /// Any reachable broker's channel (for requests any node can answer).
-    pub(crate) fn any_channel(&self) -> Result<Channel> {
+    pub(crate) fn any_channel(&self) -> Result<Transport> {
         let first = self
             .candidates()
             .into_iter()
@@ -351,7 +497,7 @@ impl Client {
 
     /// The channel to the node coordinating consumer groups (the controller's leader),
     /// from metadata; any broker if none is known yet (it answers with a hint).
-    pub(crate) async fn coordinator_channel(&self) -> Result<Channel> {
+    pub(crate) async fn coordinator_channel(&self) -> Result<Transport> {
         let known = |c: &Self| {
             let cluster = c.inner.cluster.read().unwrap_or_else(|p| p.into_inner());
             cluster
@@ -415,7 +561,7 @@ impl Client {
     }
 
     /// The channel to the leader of a partition.
-    pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<Channel> {
+    pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<Transport> {
         let info = self.topic(topic).await?;
         let leader = *info.leaders.get(partition as usize).ok_or_else(|| {
             Error::Broker(crate::BrokerError {
@@ -449,5 +595,28 @@ fn readable(status: &tonic::Status) -> String {
     match root {
         Some(cause) => format!("{} ({cause})", status.message()),
         None => status.message().to_string(),
+    }
+}
+
+/// Logs in again before each token expires, for as long as the client lives.
+async fn renew_login(inner: std::sync::Weak<Inner>, mut expires_ms: i64) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        // At four fifths of the remaining lifetime, at least a second from now.
+        let wait = ((expires_ms - now) * 4 / 5).max(1_000) as u64;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let client = Client { inner };
+        match client.login().await {
+            Ok(next) => expires_ms = next,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the login failed; retrying");
+                expires_ms = now + 10_000;
+            }
+        }
     }
 }

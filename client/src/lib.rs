@@ -29,11 +29,13 @@
 //!   ([`partitioner`]), acks, retries with back-off, a bounded in-flight memory budget.
 //! - [`Consumer`] (`consumer`): consumer groups or manual assignment, start positions,
 //!   auto or manual commits, an async `Stream` of [`ConsumerRecord`]s.
-//! - [`Admin`] (`admin`): topics and groups.
+//! - [`Admin`] (`admin`): topics and groups; [`Access`] (`access`): users and ACL rules.
+//!   TLS and a login are [`ClientConfig`]'s `tls` and `credentials`.
 //! - [`Search`] (`search`): queries over the indexed events, hits, counts and histograms.
 //! - [`Error`] (`error`): typed errors; broker errors carry the wire [`ErrorCode`].
 #![forbid(unsafe_code)]
 
+mod access;
 mod admin;
 mod aggregations;
 mod client;
@@ -44,6 +46,7 @@ mod producer;
 mod record;
 mod search;
 
+pub use access::{Access, AclRule, WhoAmI, acl_rule};
 pub use admin::{
     Admin, GroupDescription, GroupSummary, MemberInfo, NodeStatus, PartitionDescription,
     PartitionLag, ReplicaStatus, TopicDescription, TopicSpec,
@@ -52,7 +55,7 @@ pub use aggregations::{
     AggregationDescription, AggregationResult, AggregationRow, AggregationSpec, AggregationUpdate,
     Aggregations, PartitionAggregationStats,
 };
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, ClientTls, Credentials};
 pub use consumer::{Consumer, ConsumerBuilder, StartAt};
 pub use error::{BrokerError, Error, Result};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerBuilder};

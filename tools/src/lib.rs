@@ -32,18 +32,14 @@ Start a local three-node cluster with demo data: `strata dev --demo`. Then, in a
 terminal: `strata cluster status`, `strata topic list`, `strata consume sensors --follow`, \
 `strata bench produce`.\n\n\
 Every command talks to --brokers (env STRATA_BROKERS, default the three `strata dev` nodes \
-127.0.0.1:7001-7003) and prints \
+127.0.0.1:7001-7003), with --tls-ca (STRATA_TLS_CA) for TLS and --user/--password \
+(STRATA_USER/STRATA_PASSWORD) for clusters that require a login, and prints \
 tables for people, or one JSON object per line with --json."
 )]
 pub struct Cli {
-    /// Brokers to bootstrap from (host:port, comma-separated).
-    #[arg(
-        long,
-        global = true,
-        env = "STRATA_BROKERS",
-        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
-    )]
-    pub brokers: String,
+    /// Where and how to connect.
+    #[command(flatten)]
+    pub connection: commands::Connection,
     /// Machine-readable output: one JSON object per line.
     #[arg(long, global = true)]
     pub json: bool,
@@ -79,19 +75,30 @@ pub enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Create, list and delete users, change passwords.
+    #[command(subcommand)]
+    User(commands::access::UserCommand),
+    /// Add, list and remove ACL allow rules.
+    #[command(subcommand)]
+    Acl(commands::access::AclCommand),
+    /// Who you are logged in as.
+    Whoami,
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, cli.json).await,
-        Command::Cluster(cmd) => commands::cluster::run(cmd, &cli.brokers, cli.json).await,
-        Command::Topic(cmd) => commands::topic::run(cmd, &cli.brokers, cli.json).await,
-        Command::Produce(args) => commands::produce::run(args, &cli.brokers, cli.json).await,
-        Command::Consume(args) => commands::consume::run(args, &cli.brokers, cli.json).await,
-        Command::Group(cmd) => commands::group::run(cmd, &cli.brokers, cli.json).await,
-        Command::Agg(cmd) => commands::agg::run(cmd, &cli.brokers, cli.json).await,
-        Command::Search(args) => commands::search::run(args, &cli.brokers, cli.json).await,
-        Command::Bench(cmd) => commands::bench::run(cmd, &cli.brokers, cli.json).await,
+        Command::Cluster(cmd) => commands::cluster::run(cmd, &cli.connection, cli.json).await,
+        Command::Topic(cmd) => commands::topic::run(cmd, &cli.connection, cli.json).await,
+        Command::Produce(args) => commands::produce::run(args, &cli.connection, cli.json).await,
+        Command::Consume(args) => commands::consume::run(args, &cli.connection, cli.json).await,
+        Command::Group(cmd) => commands::group::run(cmd, &cli.connection, cli.json).await,
+        Command::Agg(cmd) => commands::agg::run(cmd, &cli.connection, cli.json).await,
+        Command::Search(args) => commands::search::run(args, &cli.connection, cli.json).await,
+        Command::Bench(cmd) => commands::bench::run(cmd, &cli.connection, cli.json).await,
+        Command::User(cmd) => commands::access::user(cmd, &cli.connection, cli.json).await,
+        Command::Acl(cmd) => commands::access::acl(cmd, &cli.connection, cli.json).await,
+        Command::Whoami => commands::access::whoami(&cli.connection, cli.json).await,
     }
 }

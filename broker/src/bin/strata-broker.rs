@@ -22,12 +22,17 @@ produce_timeout_ms, max_timestamp_ahead_ms, max_timestamp_behind_ms, retention_c
 max_partitions_per_node, max_topics, \
 group_min_session_timeout_ms, \
 group_max_session_timeout_ms, peers, advertise, raft_heartbeat_ms, \
-raft_election_timeout_ms, insecure_peers, and a [peer_tls] table with ca, cert and key), STRATA_* \
+raft_election_timeout_ms, tls_cert, tls_key, insecure_clients, auth, superusers, \
+bootstrap_password_file, token_ttl_ms, insecure_peers, and a [peer_tls] table with ca, cert and key), STRATA_* \
 environment variables, and flags.\n\n\
 Clients use --listen; other nodes use --peer-listen (Raft and node-to-node calls), which --peers \
 lists for every node. With --peer-tls-* the peer listener takes only connections presenting a \
 certificate from that CA naming a member (DNS name node-<id>.strata); a multi-node cluster on \
-non-loopback addresses refuses to start without peer TLS unless --insecure-peers is given.\n\n\
+non-loopback addresses refuses to start without peer TLS unless --insecure-peers is given. \
+Likewise a non-loopback --listen needs --tls-cert/--tls-key and --auth required, or \
+--insecure-clients. With --auth required, clients log in (Access.Login) with a user's \
+password and send the token; --superusers and --bootstrap-password-file create the first \
+user; `strata user` and `strata acl` manage the rest.\n\n\
 Logging follows STRATA_LOG (or RUST_LOG), e.g. STRATA_LOG=debug."
 )]
 struct Args {
@@ -40,6 +45,25 @@ struct Args {
     /// gRPC listen address for clients.
     #[arg(long, env = "STRATA_LISTEN")]
     listen: Option<SocketAddr>,
+    /// TLS certificate (PEM) of the client listener; clients then connect with TLS.
+    #[arg(long, env = "STRATA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "STRATA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve clients in plain text on a non-loopback --listen address.
+    #[arg(long, env = "STRATA_INSECURE_CLIENTS")]
+    insecure_clients: bool,
+    /// Whether clients must log in: required or off (default: required unless --listen is
+    /// on loopback).
+    #[arg(long, env = "STRATA_AUTH")]
+    auth: Option<strata_broker::config::AuthMode>,
+    /// Users no ACL applies to (comma-separated).
+    #[arg(long, env = "STRATA_SUPERUSERS", value_delimiter = ',')]
+    superusers: Vec<String>,
+    /// A file with the password of the first superuser, created with it if it does not exist.
+    #[arg(long, env = "STRATA_BOOTSTRAP_PASSWORD_FILE")]
+    bootstrap_password_file: Option<PathBuf>,
     /// Listen address for other nodes (Raft, node-to-node calls).
     #[arg(long, env = "STRATA_PEER_LISTEN")]
     peer_listen: Option<SocketAddr>,
@@ -101,6 +125,22 @@ fn run() -> anyhow::Result<()> {
     }
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+    }
+    if args.insecure_clients {
+        config.insecure_clients = true;
+    }
+    if let Some(v) = args.auth {
+        config.auth = Some(v);
+    }
+    if !args.superusers.is_empty() {
+        config.superusers = args.superusers;
+    }
+    if let Some(v) = args.bootstrap_password_file {
+        config.bootstrap_password_file = Some(v);
     }
     if let Some(v) = args.peer_listen {
         config.peer_listen = v;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
+use super::access::{AccessCommand, AccessResult};
 use super::state::{AggregationMeta, ClusterState, EmitProgress, NodeInfo, TopicMeta};
 use super::topic::TopicConfig;
 use crate::agg::def::AggregationDef;
@@ -60,6 +61,8 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// Changes users, ACLs or the token secret.
+    Access(AccessCommand),
     /// Records how far an aggregation's output partition has been written (only forward).
     AggregationEmitted {
         /// The aggregation's id.
@@ -100,6 +103,12 @@ pub enum CommandResult {
     UnknownAggregation,
     /// No topic of that name.
     UnknownTopic,
+    /// A user of that name exists.
+    UserExists,
+    /// No user of that name.
+    UnknownUser,
+    /// No such ACL rule.
+    UnknownAcl,
     /// The command breaks a rule.
     Invalid {
         /// Which.
@@ -262,6 +271,13 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
+            Command::Access(access) => match self.apply_access(access) {
+                AccessResult::Ok => CommandResult::Ok,
+                AccessResult::UserExists => CommandResult::UserExists,
+                AccessResult::UnknownUser => CommandResult::UnknownUser,
+                AccessResult::UnknownAcl => CommandResult::UnknownAcl,
+                AccessResult::Invalid(message) => invalid(message),
+            },
             Command::AggregationEmitted {
                 id,
                 partition,

@@ -7,15 +7,17 @@
 //!   ids, group offsets, aggregations and their output progress;
 //! - `topic`: a topic's settings ([`TopicConfig`], [`SearchSettings`]);
 //! - `command`: [`Command`], [`CommandResult`] and `ClusterState::apply`;
+//! - `access`: users, ACL rules and the token secret: their commands and rules;
 //! - `validate`: the rules every command is checked against when applied, and a whole
 //!   state when a snapshot brings it;
 //! - `machine`: the controller's state machine (applies, publishes, snapshots);
 //! - `cluster`: [`Cluster`], the node's handle: start, propose (forwarding to the leader),
 //!   register, follow the state.
 //!
-//! It imports `raft` (the group), `agg::def` (aggregation definitions are part of the state)
-//! and nothing that runs on top of it (replicas, topics, features' tasks, front doors).
+//! It imports `raft` (the group), `agg::def` (aggregation definitions are part of the state),
+//! the pure half of `auth` (users and rules are too) and nothing that runs on top of it (replicas, topics, features' tasks, front doors).
 
+mod access;
 mod cluster;
 mod command;
 mod machine;
@@ -23,6 +25,7 @@ mod state;
 mod topic;
 mod validate;
 
+pub use access::{AccessCommand, TOKEN_SECRET_BYTES};
 pub use cluster::{Cluster, ProposeError};
 pub use command::{Command, CommandResult};
 pub use state::{AggregationMeta, ClusterState, EmitProgress, NodeInfo, TopicMeta};

@@ -1,14 +1,15 @@
 //! The cluster's metadata, as every node's controller replica holds it: nodes and their
 //! client addresses, topics with their ids, settings and replica assignments, producer-id
-//! allocation, consumer-group offsets and aggregations. It is the controller's snapshot as
+//! allocation, consumer-group offsets, aggregations, users, ACLs and the token secret. It is the controller's snapshot as
 //! it is (JSON), so field names are a format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::topic::TopicConfig;
 use crate::agg::def::AggregationDef;
+use crate::auth::{AclRule, UserRecord};
 use crate::raft::Position;
 
 /// A node of the cluster as clients see it.
@@ -50,6 +51,18 @@ pub struct ClusterState {
     /// The id the next aggregation gets.
     #[serde(default)]
     pub next_aggregation_id: u64,
+    /// Users by name.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserRecord>,
+    /// The last user generation handed out.
+    #[serde(default)]
+    pub user_generation: u64,
+    /// ACL allow rules.
+    #[serde(default)]
+    pub acls: BTreeSet<AclRule>,
+    /// The secret tokens are signed with (hex), once a node has proposed one.
+    #[serde(default)]
+    pub token_secret: Option<String>,
 }
 
 /// An aggregation in the cluster.

@@ -92,6 +92,7 @@ impl ClusterState {
             }
             Command::DeleteGroupOffsets { group } => name("group name", group),
             Command::CreateAggregation { def } => def.validate(),
+            Command::Access(access) => access.check(),
         }
     }
 
@@ -148,7 +149,7 @@ impl ClusterState {
         if self.next_producer_id < 0 {
             return Err("the next producer id is negative".into());
         }
-        Ok(())
+        self.validate_access()
     }
 }
 

@@ -56,9 +56,18 @@ impl ClusterCa {
     /// A certificate for node `id` (usable as server and as client), and its private key:
     /// both PEM.
     pub fn node_certificate(&self, id: u64) -> Result<(String, String)> {
-        let name = node_name(id);
-        let mut params = CertificateParams::new(vec![name.clone()]).map_err(failed)?;
-        params.distinguished_name.push(DnType::CommonName, name);
+        self.certificate(&[node_name(id)])
+    }
+
+    /// A certificate for the given DNS names or IP addresses (usable as server and as
+    /// client), and its private key: both PEM.
+    pub fn certificate(&self, names: &[String]) -> Result<(String, String)> {
+        let mut params = CertificateParams::new(names.to_vec()).map_err(failed)?;
+        if let Some(first) = names.first() {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.as_str());
+        }
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -113,7 +122,23 @@ impl ClusterCa {
     }
 }
 
-/// Makes a new CA and certificates for `nodes` in `dir` ([`ClusterCa::write_files`]).
-pub fn write_dev_certificates(dir: &Path, nodes: &[u64]) -> Result<BTreeMap<u64, TlsFiles>> {
-    ClusterCa::generate()?.write_files(dir, nodes)
+impl ClusterCa {
+    /// Writes a certificate for `names` and its key to `<dir>/<stem>.pem` and
+    /// `<dir>/<stem>-key.pem`; their paths.
+    pub fn write_certificate(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[String],
+    ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let (cert, key) = self.certificate(names)?;
+        let paths = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}-key.pem")),
+        );
+        write_private(&paths.0, &cert)?;
+        write_private(&paths.1, &key)?;
+        Ok(paths)
+    }
 }

@@ -1,4 +1,4 @@
-//! TLS between nodes: the PEM files a node is given ([`TlsFiles`]), the rustls configurations
+//! TLS. Of the client listener: [`client_listener`]. Between nodes: the PEM files a node is given ([`TlsFiles`]), the rustls configurations
 //! tonic serves and connects with ([`PeerTls`]), the name a node's certificate carries
 //! ([`node_name`]), and the gate of the peer listener ([`PeerGate`]), which admits a
 //! connection only with a certificate from the cluster's CA naming a member and tells every
@@ -24,7 +24,7 @@ use tonic::{Request, Status};
 
 use crate::error::{Error, Result};
 
-pub use issue::{ClusterCa, write_dev_certificates};
+pub use issue::ClusterCa;
 
 /// How long a TLS handshake may take before the connection is dropped (a client that opens
 /// connections and never completes one holds nothing for longer).
@@ -115,6 +115,20 @@ impl PeerTls {
             .domain_name(node_name(peer))
             .timeout(HANDSHAKE_TIMEOUT)
     }
+}
+
+/// The client listener's TLS configuration from its certificate and key files (checked to
+/// parse, so that a bad file fails the start).
+pub fn client_listener(cert: &Path, key: &Path) -> Result<ServerTlsConfig> {
+    let cert_pem = read(cert, "certificate")?;
+    let key_pem = read(key, "private key")?;
+    CertificateDer::from_pem_slice(&cert_pem)
+        .map_err(|e| Error::Config(format!("{} is not a PEM certificate: {e}", cert.display())))?;
+    PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| Error::Config(format!("{} is not a PEM private key: {e}", key.display())))?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .timeout(HANDSHAKE_TIMEOUT))
 }
 
 /// The member among `members` that `cert` names, if any. The certificate's chain to the CA
@@ -214,7 +228,10 @@ mod tests {
     #[test]
     fn loading_checks_the_files_name_this_node() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_dev_certificates(dir.path(), &[1, 2]).unwrap();
+        let files = ClusterCa::generate()
+            .unwrap()
+            .write_files(dir.path(), &[1, 2])
+            .unwrap();
         PeerTls::load(&files[&1], 1).unwrap();
         let err = PeerTls::load(&files[&1], 2).unwrap_err().to_string();
         assert!(err.contains("node-2.strata"), "{err}");

@@ -1,13 +1,15 @@
 //! A single broker over real gRPC on loopback, driven by the real client.
 //!
 //! Numbered cases: t01–t09 produce and consume (`produce`), t10–t19 consumer groups and
-//! restarts (`groups`), t20–t29 bad input (`bad_input`).
+//! restarts (`groups`), t20–t29 bad input (`bad_input`), t30–t39 the client listener's
+//! security (`security`).
 
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
 mod groups;
 mod produce;
+mod security;
 
 use std::time::Duration;
 

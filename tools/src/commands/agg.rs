@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use strata_client::{AggregationRow, AggregationSpec};
 
-use super::connect;
+use super::Connection;
 use crate::output;
 use crate::units::{now_ms, parse_duration};
 
@@ -158,8 +158,8 @@ fn print_rows(measures: &[String], group_by: &[String], rows: &[AggregationRow],
 }
 
 /// Runs an aggregation command.
-pub async fn run(command: AggCommand, brokers: &str, json: bool) -> anyhow::Result<()> {
-    let aggs = connect(brokers).await?.aggregations();
+pub async fn run(command: AggCommand, connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let aggs = connection.connect().await?.aggregations();
     match command {
         AggCommand::Create(a) => {
             let spec = AggregationSpec {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::json;
 use strata_client::{NodeStatus, ReplicaStatus};
 
-use super::connect;
+use super::Connection;
 use crate::output;
 
 /// Cluster commands.
@@ -20,14 +20,25 @@ pub enum ClusterCommand {
 }
 
 /// Runs a cluster command.
-pub async fn run(command: ClusterCommand, brokers: &str, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    command: ClusterCommand,
+    connection: &Connection,
+    json: bool,
+) -> anyhow::Result<()> {
     let ClusterCommand::Status = command;
-    let admin = connect(brokers).await?.admin();
+    let admin = connection.connect().await?.admin();
     let nodes = admin.nodes().await?;
     let mut answers: BTreeMap<u64, NodeStatus> = BTreeMap::new();
     for (id, address) in &nodes {
-        if let Ok(status) = admin.node_status(address, Duration::from_secs(2)).await {
-            answers.insert(*id, status);
+        match admin.node_status(address, Duration::from_secs(2)).await {
+            Ok(status) => {
+                answers.insert(*id, status);
+            }
+            // A node that is down is shown as down; a refusal is the caller's to see.
+            Err(e) if e.code() == Some(strata_client::ErrorCode::PermissionDenied) => {
+                return Err(e.into());
+            }
+            Err(_) => {}
         }
     }
     // Each replica as reported by the node that leads it (or by any replica if none leads).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use strata_client::{ConsumerRecord, StartAt};
 
-use super::connect;
+use super::Connection;
 use crate::output;
 use crate::units::parse_duration;
 
@@ -51,8 +51,8 @@ fn record_json(r: &ConsumerRecord) -> serde_json::Value {
 }
 
 /// Runs `strata consume`.
-pub async fn run(args: Args, brokers: &str, json: bool) -> anyhow::Result<()> {
-    let client = connect(brokers).await?;
+pub async fn run(args: Args, connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let client = connection.connect().await?;
     let admin = client.admin();
     let topic = admin.describe_topic(&args.topic).await?;
     let ends: HashMap<u32, u64> = topic

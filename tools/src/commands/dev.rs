@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::json;
 use strata_broker::config::Peers;
+use strata_broker::tls::ClusterCa;
 use strata_broker::{Broker, Config, Fsync};
 
 use crate::{demo, output};
@@ -32,12 +33,57 @@ pub struct Args {
     /// Durability: always, never, or an interval such as 100ms.
     #[arg(long, default_value = "always")]
     pub fsync: Fsync,
+    /// Serve clients over TLS too (a certificate for localhost and 127.0.0.1 from the dev
+    /// CA; clients pass `--tls-ca <data-dir>/tls/ca.pem`).
+    #[arg(long)]
+    pub tls: bool,
+    /// Require a login: creates the superuser `admin` with a fresh password, written to
+    /// `<data-dir>/admin-password` and printed.
+    #[arg(long)]
+    pub auth: bool,
     /// Produce IoT-style demo events into the `sensors` topic.
     #[arg(long)]
     pub demo: bool,
     /// Demo events per second.
     #[arg(long, default_value_t = 200)]
     pub demo_rate: u64,
+}
+
+/// The superuser `strata dev --auth` creates.
+const ADMIN: &str = "admin";
+
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// Connects once the cluster answers (with `--auth`, the superuser is created in the
+/// background just after the nodes start).
+async fn connect_when_ready(
+    bootstrap: &str,
+    config: strata_client::ClientConfig,
+) -> anyhow::Result<strata_client::Client> {
+    let mut attempts = 0;
+    loop {
+        match strata_client::Client::connect_with(bootstrap, config.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e) if attempts < 100 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "the dev cluster is not ready yet");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn shifted(address: SocketAddr, by: u64) -> anyhow::Result<SocketAddr> {
@@ -56,13 +102,32 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
     // each start.
     let ids: Vec<u64> = peers.keys().copied().collect();
     let tls_dir = args.data_dir.join("tls");
-    let mut certificates = strata_broker::tls::write_dev_certificates(&tls_dir, &ids)
-        .with_context(|| {
-            format!(
-                "making the dev cluster's certificates in {}",
-                tls_dir.display()
-            )
-        })?;
+    let making = || {
+        format!(
+            "making the dev cluster's certificates in {}",
+            tls_dir.display()
+        )
+    };
+    let ca = ClusterCa::generate().with_context(making)?;
+    let mut certificates = ca.write_files(&tls_dir, &ids).with_context(making)?;
+    let client_tls = if args.tls {
+        let names = ["localhost".to_string(), args.listen.ip().to_string()];
+        Some(
+            ca.write_certificate(&tls_dir, "clients", &names)
+                .with_context(making)?,
+        )
+    } else {
+        None
+    };
+    let admin_password = if args.auth {
+        let password = strata_broker::auth::scram::random_password().map_err(anyhow::Error::msg)?;
+        let path = args.data_dir.join("admin-password");
+        std::fs::create_dir_all(&args.data_dir)?;
+        write_private(&path, &password)?;
+        Some((password, path))
+    } else {
+        None
+    };
     let mut brokers = Vec::new();
     for id in 1..=args.nodes {
         let config = Config {
@@ -70,6 +135,17 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
             listen: shifted(args.listen, id - 1)?,
             peer_listen: shifted(args.peer_listen, id - 1)?,
             peer_tls: certificates.remove(&id),
+            tls_cert: client_tls.as_ref().map(|(cert, _)| cert.clone()),
+            tls_key: client_tls.as_ref().map(|(_, key)| key.clone()),
+            auth: args
+                .auth
+                .then_some(strata_broker::config::AuthMode::Required),
+            superusers: if args.auth {
+                vec![ADMIN.to_string()]
+            } else {
+                Vec::new()
+            },
+            bootstrap_password_file: admin_password.as_ref().map(|(_, path)| path.clone()),
             http: Some(shifted(args.http, id - 1)?),
             data_dir: args.data_dir.join(format!("node-{id}")),
             fsync: args.fsync,
@@ -121,6 +197,18 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
             );
         }
         println!("  STRATA_BROKERS={bootstrap}");
+        if args.tls {
+            println!(
+                "  STRATA_TLS_CA={}   (clients connect with TLS)",
+                tls_dir.join("ca.pem").display()
+            );
+        }
+        if let Some((password, path)) = &admin_password {
+            println!(
+                "  STRATA_USER={ADMIN} STRATA_PASSWORD={password}   (also in {})",
+                path.display()
+            );
+        }
         if args.demo {
             println!(
                 "  demo     {} events/s of IoT readings into topic `{}`",
@@ -139,7 +227,20 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let generator = if args.demo {
-        let client = strata_client::Client::connect(&bootstrap).await?;
+        let config = strata_client::ClientConfig {
+            tls: client_tls
+                .is_some()
+                .then(|| strata_client::ClientTls::from_ca_file(&tls_dir.join("ca.pem")))
+                .transpose()?,
+            credentials: admin_password
+                .as_ref()
+                .map(|(password, _)| strata_client::Credentials {
+                    user: ADMIN.to_string(),
+                    password: password.clone(),
+                }),
+            ..Default::default()
+        };
+        let client = connect_when_ready(&bootstrap, config).await?;
         Some(tokio::spawn(demo::run(client, args.demo_rate, stopped)))
     } else {
         None

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::connect;
+use super::Connection;
 use crate::output;
 
 /// Group commands.
@@ -19,8 +19,8 @@ pub enum GroupCommand {
 }
 
 /// Runs a group command.
-pub async fn run(command: GroupCommand, brokers: &str, json: bool) -> anyhow::Result<()> {
-    let admin = connect(brokers).await?.admin();
+pub async fn run(command: GroupCommand, connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let admin = connection.connect().await?.admin();
     match command {
         GroupCommand::List => {
             let groups = admin.list_groups().await?;

@@ -8,7 +8,7 @@ use serde_json::json;
 use strata_client::{Acks, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::connect;
+use super::Connection;
 use crate::output;
 use crate::units::parse_duration;
 
@@ -68,8 +68,8 @@ pub fn key_from_field(line: &str, path: &str) -> Option<String> {
 }
 
 /// Runs `strata produce`.
-pub async fn run(args: Args, brokers: &str, json: bool) -> anyhow::Result<()> {
-    let client = connect(brokers).await?;
+pub async fn run(args: Args, connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let client = connection.connect().await?;
     let producer = client
         .producer()
         .acks(args.acks.into())

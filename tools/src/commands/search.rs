@@ -7,7 +7,7 @@ use roaring::RoaringTreemap;
 use serde_json::json;
 use strata_client::{Client, ErrorCode, SearchHit, SearchOrder, SearchQuery, SearchResult};
 
-use super::connect;
+use super::Connection;
 use crate::output;
 use crate::units::{now_ms, parse_duration};
 
@@ -174,8 +174,8 @@ fn print_result(result: &SearchResult, args: &Args, json: bool) {
 }
 
 /// Runs `strata search`.
-pub async fn run(args: Args, brokers: &str, json: bool) -> anyhow::Result<()> {
-    let client = connect(brokers).await?;
+pub async fn run(args: Args, connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let client = connection.connect().await?;
     let search = client.search();
     let from = args
         .since

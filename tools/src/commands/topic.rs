@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde_json::json;
 use strata_client::{TopicDescription, TopicSpec};
 
-use super::connect;
+use super::Connection;
 use crate::output;
 use crate::units::{human_bytes, parse_duration, parse_size};
 
@@ -63,8 +63,8 @@ fn topic_json(t: &TopicDescription) -> serde_json::Value {
 }
 
 /// Runs a topic command.
-pub async fn run(command: TopicCommand, brokers: &str, json: bool) -> anyhow::Result<()> {
-    let admin = connect(brokers).await?.admin();
+pub async fn run(command: TopicCommand, connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let admin = connection.connect().await?.admin();
     match command {
         TopicCommand::Create {
             name,

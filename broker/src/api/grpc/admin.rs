@@ -7,6 +7,7 @@ use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::auth::{Operation, ResourceKind};
 use crate::controller::{SearchSettings, TopicConfig};
 use crate::error::Error;
 use crate::raft::GroupStatus;
@@ -130,6 +131,11 @@ impl v1::admin_server::Admin for Api {
         &self,
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let name = &request.get_ref().name;
+        if !self.may(&caller, ResourceKind::Cluster, "", Operation::Create) {
+            self.allow(&request, ResourceKind::Topic, name, Operation::Create)?;
+        }
         self.check_serving()?;
         let request = request.into_inner();
         let config = config_from_proto(&request.config.unwrap_or_default());
@@ -152,6 +158,8 @@ impl v1::admin_server::Admin for Api {
         &self,
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let name = &request.get_ref().name;
+        self.allow(&request, ResourceKind::Topic, name, Operation::Delete)?;
         self.check_serving()?;
         let name = request.into_inner().name;
         self.node
@@ -163,8 +171,9 @@ impl v1::admin_server::Admin for Api {
 
     async fn cluster_status(
         &self,
-        _request: Request<v1::ClusterStatusRequest>,
+        request: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        self.allow(&request, ResourceKind::Cluster, "", Operation::Describe)?;
         let cluster = &self.node.cluster;
         let mut replicas = vec![replica_status(
             "",
@@ -194,13 +203,15 @@ impl v1::admin_server::Admin for Api {
 
     async fn list_topics(
         &self,
-        _request: Request<v1::ListTopicsRequest>,
+        request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let caller = self.caller(&request)?;
         let topics = self
             .node
             .topics
             .all()
             .iter()
+            .filter(|t| self.may(&caller, ResourceKind::Topic, &t.name, Operation::Describe))
             .map(|t| self.topic_metadata(t))
             .collect();
         Ok(Response::new(v1::ListTopicsResponse { topics }))
@@ -210,6 +221,8 @@ impl v1::admin_server::Admin for Api {
         &self,
         request: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        let name = &request.get_ref().name;
+        self.allow(&request, ResourceKind::Topic, name, Operation::Describe)?;
         let name = request.into_inner().name;
         let topic = self.node.topics.get(&name)?;
         let partitions = tokio::task::spawn_blocking({
@@ -249,15 +262,27 @@ impl v1::metadata_server::Metadata for Api {
         &self,
         request: Request<v1::MetadataRequest>,
     ) -> Result<Response<v1::MetadataResponse>, Status> {
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
+        let describable =
+            |name: &str| self.may(&caller, ResourceKind::Topic, name, Operation::Describe);
         let topics = if request.topics.is_empty() {
-            self.node.topics.all()
+            let mut all = self.node.topics.all();
+            all.retain(|t| describable(&t.name));
+            all
         } else {
-            request
-                .topics
-                .iter()
-                .map(|t| self.node.topics.get(t))
-                .collect::<Result<Vec<_>, Error>>()?
+            let mut named = Vec::new();
+            for t in &request.topics {
+                if !describable(t) {
+                    return Err(Error::PermissionDenied(format!(
+                        "user `{}` lacks describe on topic `{t}`",
+                        caller.name()
+                    ))
+                    .into());
+                }
+                named.push(self.node.topics.get(t)?);
+            }
+            named
         };
         let mut nodes = self.registered_nodes();
         let me = self.node.config.node_id;

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use crate::agg::Selection;
 use crate::agg::def::{AggregationDef, DEFAULT_RETAIN_MS, GroupBy, Measure, TimeSource, Window};
+use crate::auth::{Operation, Permission, ResourceKind};
 use crate::error::Error;
 use crate::tls::PeerCaller;
 
@@ -88,6 +89,23 @@ pub fn def_to_spec(def: &AggregationDef, id: u64) -> v1::AggregationSpec {
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = Result<v1::WatchAggregationResponse, Status>> + Send>>;
 
+fn need(resource: ResourceKind, name: &str, operation: Operation) -> Permission<'_> {
+    Permission {
+        resource,
+        name,
+        operation,
+    }
+}
+
+impl Api {
+    /// A query or watch of an aggregation needs read on its source topic.
+    fn may_read_source<T>(&self, request: &Request<T>, aggregation: &str) -> Result<(), Error> {
+        let topic = self.node.aggregations.get(aggregation)?.def.topic.clone();
+        self.allow(request, ResourceKind::Topic, &topic, Operation::Read)?;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl v1::aggregations_server::Aggregations for Api {
     async fn create(
@@ -95,10 +113,26 @@ impl v1::aggregations_server::Aggregations for Api {
         request: Request<v1::CreateAggregationRequest>,
     ) -> Result<Response<v1::CreateAggregationResponse>, Status> {
         self.check_serving()?;
+        let caller = self.caller(&request)?;
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Error::InvalidArgument("no aggregation spec".into()))?;
+        let auth = &self.node.auth;
+        auth.check(
+            &caller,
+            need(ResourceKind::Aggregation, &spec.name, Operation::Create),
+        )?;
+        auth.check(
+            &caller,
+            need(ResourceKind::Topic, &spec.topic, Operation::Read),
+        )?;
+        if !spec.emit_to.is_empty() {
+            auth.check(
+                &caller,
+                need(ResourceKind::Topic, &spec.emit_to, Operation::Write),
+            )?;
+        }
         let id = self.node.aggregations.create(spec_to_def(spec)?).await?;
         Ok(Response::new(v1::CreateAggregationResponse { id }))
     }
@@ -108,6 +142,8 @@ impl v1::aggregations_server::Aggregations for Api {
         request: Request<v1::DropAggregationRequest>,
     ) -> Result<Response<v1::DropAggregationResponse>, Status> {
         self.check_serving()?;
+        let name = &request.get_ref().name;
+        self.allow(&request, ResourceKind::Aggregation, name, Operation::Delete)?;
         let name = request.into_inner().name;
         self.node.aggregations.drop(&name).await?;
         Ok(Response::new(v1::DropAggregationResponse {}))
@@ -115,13 +151,22 @@ impl v1::aggregations_server::Aggregations for Api {
 
     async fn list(
         &self,
-        _request: Request<v1::ListAggregationsRequest>,
+        request: Request<v1::ListAggregationsRequest>,
     ) -> Result<Response<v1::ListAggregationsResponse>, Status> {
+        let caller = self.caller(&request)?;
         let aggregations = self
             .node
             .aggregations
             .list()
             .iter()
+            .filter(|a| {
+                self.may(
+                    &caller,
+                    ResourceKind::Aggregation,
+                    &a.def.name,
+                    Operation::Describe,
+                )
+            })
             .map(|a| def_to_spec(&a.def, a.id))
             .collect();
         Ok(Response::new(v1::ListAggregationsResponse { aggregations }))
@@ -132,6 +177,13 @@ impl v1::aggregations_server::Aggregations for Api {
         request: Request<v1::DescribeAggregationRequest>,
     ) -> Result<Response<v1::DescribeAggregationResponse>, Status> {
         self.check_serving()?;
+        let name = &request.get_ref().name;
+        self.allow(
+            &request,
+            ResourceKind::Aggregation,
+            name,
+            Operation::Describe,
+        )?;
         let name = request.into_inner().name;
         let aggregations = &self.node.aggregations;
         let meta = aggregations.get(&name)?;
@@ -176,6 +228,7 @@ impl v1::aggregations_server::Aggregations for Api {
             )
             .into());
         }
+        self.may_read_source(&request, &request.get_ref().name)?;
         Ok(Response::new(
             self.node.aggregations.query(request.into_inner()).await?,
         ))
@@ -187,6 +240,7 @@ impl v1::aggregations_server::Aggregations for Api {
         &self,
         request: Request<v1::WatchAggregationRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        self.may_read_source(&request, &request.get_ref().name)?;
         let request = request.into_inner();
         let query = v1::QueryAggregationRequest {
             name: request.name,

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Api, record_count, status};
+use crate::auth::{Operation, ResourceKind};
 use crate::error::Error;
 use crate::node::Node;
 use crate::replica::Partition;
@@ -51,6 +52,8 @@ impl v1::fetch_server::Fetch for Api {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
+        let topic = &request.get_ref().topic;
+        self.allow(&request, ResourceKind::Topic, topic, Operation::Read)?;
         Ok(Response::new(self.start_fetch(request.into_inner())?))
     }
 
@@ -58,6 +61,8 @@ impl v1::fetch_server::Fetch for Api {
         &self,
         request: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let topic = &request.get_ref().topic;
+        self.allow(&request, ResourceKind::Topic, topic, Operation::Describe)?;
         Ok(Response::new(
             self.list_offsets_inner(request.into_inner())?,
         ))

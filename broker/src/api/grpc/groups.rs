@@ -7,6 +7,7 @@ use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::auth::{Operation, Permission, ResourceKind};
 use crate::groups::{JoinRequest, assign::Assignment};
 
 fn to_proto(assignment: &Assignment) -> Vec<v1::TopicPartitions> {
@@ -25,6 +26,18 @@ impl v1::groups_server::Groups for Api {
         &self,
         request: Request<v1::JoinGroupRequest>,
     ) -> Result<Response<v1::JoinGroupResponse>, Status> {
+        let group = &request.get_ref().group;
+        let caller = self.allow(&request, ResourceKind::Group, group, Operation::Read)?;
+        for topic in &request.get_ref().topics {
+            self.node.auth.check(
+                &caller,
+                Permission {
+                    resource: ResourceKind::Topic,
+                    name: topic,
+                    operation: Operation::Read,
+                },
+            )?;
+        }
         self.node.groups.check_coordinator()?;
         let r = request.into_inner();
         self.check_serving()?;
@@ -52,6 +65,8 @@ impl v1::groups_server::Groups for Api {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let group = &request.get_ref().group;
+        self.allow(&request, ResourceKind::Group, group, Operation::Read)?;
         self.node.groups.check_coordinator()?;
         let r = request.into_inner();
         let rejoin = self
@@ -65,6 +80,8 @@ impl v1::groups_server::Groups for Api {
         &self,
         request: Request<v1::LeaveGroupRequest>,
     ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
+        let group = &request.get_ref().group;
+        self.allow(&request, ResourceKind::Group, group, Operation::Read)?;
         self.node.groups.check_coordinator()?;
         let r = request.into_inner();
         self.node.groups.leave(&r.group, &r.member_id)?;
@@ -75,6 +92,18 @@ impl v1::groups_server::Groups for Api {
         &self,
         request: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        let group = &request.get_ref().group;
+        let caller = self.allow(&request, ResourceKind::Group, group, Operation::Read)?;
+        for o in &request.get_ref().offsets {
+            self.node.auth.check(
+                &caller,
+                Permission {
+                    resource: ResourceKind::Topic,
+                    name: &o.topic,
+                    operation: Operation::Read,
+                },
+            )?;
+        }
         self.node.groups.check_coordinator()?;
         let r = request.into_inner();
         let offsets = r
@@ -93,6 +122,8 @@ impl v1::groups_server::Groups for Api {
         &self,
         request: Request<v1::FetchOffsetsRequest>,
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
+        let group = &request.get_ref().group;
+        self.allow(&request, ResourceKind::Group, group, Operation::Describe)?;
         self.node.groups.check_coordinator()?;
         let r = request.into_inner();
         let wanted: Vec<(String, u32)> = r
@@ -115,14 +146,18 @@ impl v1::groups_server::Groups for Api {
 
     async fn list_groups(
         &self,
-        _request: Request<v1::ListGroupsRequest>,
+        request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let caller = self.caller(&request)?;
         self.node.groups.check_coordinator()?;
         let groups = self
             .node
             .groups
             .list()
             .into_iter()
+            .filter(|(group, ..)| {
+                self.may(&caller, ResourceKind::Group, group, Operation::Describe)
+            })
             .map(|(group, state, members, generation)| v1::GroupSummary {
                 group,
                 state: state.to_string(),
@@ -137,6 +172,8 @@ impl v1::groups_server::Groups for Api {
         &self,
         request: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        let group = &request.get_ref().group;
+        self.allow(&request, ResourceKind::Group, group, Operation::Describe)?;
         self.node.groups.check_coordinator()?;
         let group = request.into_inner().group;
         let d = self.node.groups.describe(&group)?;

@@ -2,8 +2,10 @@
 //! Aggregations, Search and Health, all implemented by [`Api`] over the shared [`Node`].
 //! Every service is wrapped in [`observe::Observe`], which times and counts its calls.
 
+mod access;
 mod admin;
 mod aggregations;
+mod authn;
 mod fetch;
 mod groups;
 mod health;
@@ -17,7 +19,10 @@ use std::sync::Arc;
 use strata_proto::v1;
 use tower_layer::Layer;
 
+use self::authn::Authn;
 use self::observe::Observe;
+use crate::auth::gate::Principal;
+use crate::auth::{Operation, Permission, ResourceKind};
 use crate::error::Error;
 use crate::node::Node;
 
@@ -31,6 +36,62 @@ impl Api {
     /// Services over `node`.
     pub fn new(node: Arc<Node>) -> Self {
         Api { node }
+    }
+
+    /// Who sent `request` (the [`Authn`] layer put it there; a request that did not pass
+    /// through it is refused when authentication is on).
+    /// A call from another node (on the peer listener) is trusted: it is a share of a
+    /// request the entry node checked.
+    fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Principal, Error> {
+        if crate::tls::PeerCaller::of(request).is_some() {
+            return Ok(Principal::Anonymous);
+        }
+        match request.extensions().get::<Principal>() {
+            Some(p) => Ok(p.clone()),
+            None if self.node.auth.required() => Err(Error::Unauthenticated(
+                "the request carries no login".into(),
+            )),
+            None => Ok(Principal::Anonymous),
+        }
+    }
+
+    /// The caller of `request` if it may do `operation` on `resource` `name`; else
+    /// `PERMISSION_DENIED` naming what it lacks.
+    fn allow<T>(
+        &self,
+        request: &tonic::Request<T>,
+        resource: ResourceKind,
+        name: &str,
+        operation: Operation,
+    ) -> Result<Principal, Error> {
+        let caller = self.caller(request)?;
+        self.node.auth.check(
+            &caller,
+            Permission {
+                resource,
+                name,
+                operation,
+            },
+        )?;
+        Ok(caller)
+    }
+
+    /// Whether `caller` may do `operation` on `resource` `name` (for filtering lists).
+    fn may(
+        &self,
+        caller: &Principal,
+        resource: ResourceKind,
+        name: &str,
+        operation: Operation,
+    ) -> bool {
+        self.node.auth.allows(
+            caller,
+            &Permission {
+                resource,
+                name,
+                operation,
+            },
+        )
     }
 
     fn check_serving(&self) -> Result<(), Error> {
@@ -49,27 +110,41 @@ fn record_count(batch: &[u8]) -> u64 {
     })
 }
 
-/// Every client service, each observed, with the node's message size limits.
+/// The layers of every client service: authenticated, then observed.
+struct Guard {
+    observe: Observe,
+    authn: Authn,
+}
+
+impl Guard {
+    fn wrap<S>(&self, service: S) -> observe::Observed<authn::Authenticated<S>> {
+        self.observe.layer(self.authn.layer(service))
+    }
+}
+
+/// Every client service, each authenticated and observed, with the node's message size
+/// limits.
 pub(crate) fn routes(node: &Arc<Node>) -> tonic::service::Routes {
     let api = Api::new(node.clone());
     let observe = Observe::new(node.metrics.clone());
+    let authn = Authn::new(node.auth.clone());
+    let guard = Guard { observe, authn };
     let max_request = node.config.max_request_bytes as usize;
-    tonic::service::Routes::new(observe.layer(
+    tonic::service::Routes::new(guard.wrap(
         v1::produce_server::ProduceServer::new(api.clone()).max_decoding_message_size(max_request),
     ))
-    .add_service(observe.layer(
+    .add_service(guard.wrap(
         v1::fetch_server::FetchServer::new(api.clone()).max_encoding_message_size(max_request),
     ))
-    .add_service(observe.layer(v1::metadata_server::MetadataServer::new(api.clone())))
-    .add_service(observe.layer(v1::admin_server::AdminServer::new(api.clone())))
-    .add_service(observe.layer(v1::groups_server::GroupsServer::new(api.clone())))
-    .add_service(observe.layer(v1::search_server::SearchServer::new(api.clone())))
-    .add_service(
-        observe.layer(v1::aggregations_server::AggregationsServer::new(
-            api.clone(),
-        )),
-    )
-    .add_service(observe.layer(v1::health_server::HealthServer::new(api)))
+    .add_service(guard.wrap(v1::metadata_server::MetadataServer::new(api.clone())))
+    .add_service(guard.wrap(v1::admin_server::AdminServer::new(api.clone())))
+    .add_service(guard.wrap(v1::groups_server::GroupsServer::new(api.clone())))
+    .add_service(guard.wrap(v1::search_server::SearchServer::new(api.clone())))
+    .add_service(guard.wrap(v1::aggregations_server::AggregationsServer::new(
+        api.clone(),
+    )))
+    .add_service(guard.wrap(v1::access_server::AccessServer::new(api.clone())))
+    .add_service(guard.wrap(v1::health_server::HealthServer::new(api)))
 }
 
 /// The services the peer listener adds to Raft: the node-to-node shares of a search and of

@@ -13,6 +13,7 @@ use strata_storage::RecordBatch;
 use tonic::{Request, Response, Status};
 
 use super::{Api, status};
+use crate::auth::{Operation, ResourceKind};
 use crate::controller::{Command, CommandResult};
 use crate::error::Error;
 use crate::replica::ProduceRules;
@@ -23,6 +24,8 @@ impl v1::produce_server::Produce for Api {
         &self,
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
+        let topic = &request.get_ref().topic;
+        self.allow(&request, ResourceKind::Topic, topic, Operation::Write)?;
         Ok(Response::new(
             self.produce_inner(request.into_inner()).await?,
         ))
@@ -30,8 +33,9 @@ impl v1::produce_server::Produce for Api {
 
     async fn init_producer(
         &self,
-        _request: Request<v1::InitProducerRequest>,
+        request: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        self.caller(&request)?;
         self.check_serving()?;
         match self
             .node

@@ -1,10 +1,12 @@
 //! `Search`: a query over the cluster ([`crate::search::scatter::Search`]), or another
-//! node's share of one (explicit partitions: taken on the peer listener only).
+//! node's share of one (explicit partitions: taken on the peer listener only). A caller
+//! searches only topics it may read.
 
 use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::auth::{Operation, ResourceKind};
 use crate::error::Error;
 use crate::tls::PeerCaller;
 
@@ -21,8 +23,31 @@ impl v1::search_server::Search for Api {
             )
             .into());
         }
-        Ok(Response::new(
-            self.node.search.search(request.into_inner()).await?,
-        ))
+        let caller = self.caller(&request)?;
+        let mut request = request.into_inner();
+        let readable = |t: &str| self.may(&caller, ResourceKind::Topic, t, Operation::Read);
+        if let Some(t) = request.topics.iter().find(|t| !readable(t)) {
+            return Err(Error::PermissionDenied(format!(
+                "user `{}` lacks read on topic `{t}`",
+                caller.name()
+            ))
+            .into());
+        }
+        if request.topics.is_empty()
+            && !self.may(&caller, ResourceKind::Topic, "*", Operation::Read)
+        {
+            // Every topic means every topic the caller may read.
+            let state = self.node.cluster.current();
+            request.topics = state
+                .topics
+                .keys()
+                .filter(|t| readable(t))
+                .cloned()
+                .collect();
+            if request.topics.is_empty() {
+                return Ok(Response::new(v1::SearchResponse::default()));
+            }
+        }
+        Ok(Response::new(self.node.search.search(request).await?))
     }
 }

@@ -23,6 +23,7 @@ pub fn code(e: &Error) -> ErrorCode {
         Error::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         Error::LimitExceeded(_) => ErrorCode::LimitExceeded,
         Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+        Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
         Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         Error::Storage { .. } | Error::Io { .. } => ErrorCode::StorageError,
         Error::UnknownMember { .. } => ErrorCode::UnknownMember,

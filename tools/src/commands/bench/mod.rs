@@ -23,7 +23,7 @@ use strata_client::{Client, ErrorCode, ProducerRecord, StartAt, TopicSpec};
 
 mod search;
 
-use super::connect;
+use super::Connection;
 use super::produce::AcksArg;
 use crate::output;
 use crate::units::{parse_duration, parse_size};
@@ -120,8 +120,8 @@ fn payloads(kind: PayloadArg, size: usize) -> Vec<Bytes> {
 }
 
 /// Runs a benchmark.
-pub async fn run(command: BenchCommand, brokers: &str, json: bool) -> anyhow::Result<()> {
-    let client = connect(brokers).await?;
+pub async fn run(command: BenchCommand, connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let client = connection.connect().await?;
     match command {
         BenchCommand::Produce(args) => {
             ensure_topic(&client, &args).await?;
