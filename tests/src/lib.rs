@@ -157,6 +157,18 @@ pub async fn reader(
     }
 }
 
+/// The names of the topics `client` may see.
+pub async fn topic_names(client: &Client) -> Vec<String> {
+    client
+        .admin()
+        .list_topics()
+        .await
+        .expect("topics listed")
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
 /// The consumer's next record; fails the test if none comes within [`RECORD_WAIT`], the
 /// stream ends or yields an error.
 pub async fn next_record(consumer: &mut Consumer) -> ConsumerRecord {

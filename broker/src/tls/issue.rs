@@ -80,8 +80,8 @@ impl ClusterCa {
     }
 }
 
-/// Writes `contents` to `path`, readable by its owner only.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// Writes `contents` to `path`, readable by its owner only (keys, passwords).
+pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .create(true)

@@ -24,7 +24,7 @@ use tonic::{Request, Status};
 
 use crate::error::{Error, Result};
 
-pub use issue::ClusterCa;
+pub use issue::{ClusterCa, write_private};
 
 /// How long a TLS handshake may take before the connection is dropped (a client that opens
 /// connections and never completes one holds nothing for longer).

@@ -262,14 +262,7 @@ async fn t21_forged_raft_messages_are_refused_and_the_node_keeps_serving() {
             .contains("outside")),
         "a directory was created outside the data directory"
     );
-    let topics: Vec<String> = client
-        .admin()
-        .list_topics()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let topics = strata_tests::topic_names(&client).await;
     assert_eq!(topics, ["before"]);
 
     // The node keeps serving: its groups elect leaders, also after a restart.

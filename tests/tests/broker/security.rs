@@ -207,14 +207,7 @@ async fn t31_users_log_in_and_acls_decide_every_operation() {
         ada.admin().describe_topic("secret").await,
         "describe on topic `secret`",
     );
-    let listed: Vec<String> = ada
-        .admin()
-        .list_topics()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let listed = strata_tests::topic_names(&ada).await;
     assert_eq!(listed, ["orders"]);
 
     // Create and delete topics (a prefix rule).

@@ -52,20 +52,6 @@ pub struct Args {
 /// The superuser `strata dev --auth` creates.
 const ADMIN: &str = "admin";
 
-fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
-    Ok(())
-}
-
 /// Connects once the cluster answers (with `--auth`, the superuser is created in the
 /// background just after the nodes start).
 async fn connect_when_ready(
@@ -123,7 +109,7 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
         let password = strata_broker::auth::scram::random_password().map_err(anyhow::Error::msg)?;
         let path = args.data_dir.join("admin-password");
         std::fs::create_dir_all(&args.data_dir)?;
-        write_private(&path, &password)?;
+        strata_broker::tls::write_private(&path, &password)?;
         Some((password, path))
     } else {
         None

@@ -6,16 +6,20 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::auth::gate::{Authenticator, Principal};
-use crate::auth::{AclRule, Operation, Permission, ResourceKind};
+use crate::auth::{AclRule, Operation, ResourceKind};
 use crate::controller::AccessCommand;
 use crate::error::Error;
 
-/// The permission on the cluster itself.
-fn on_cluster(operation: Operation) -> Permission<'static> {
-    Permission {
-        resource: ResourceKind::Cluster,
-        name: "",
-        operation,
+impl Api {
+    /// The caller of `request`, if it may do `operation` on the cluster.
+    fn caller_may<T>(&self, request: &Request<T>, operation: Operation) -> Result<(), Error> {
+        self.allow(request, ResourceKind::Cluster, "", operation)
+            .map(|_| ())
+    }
+
+    /// Proposes an access change (the caller was checked).
+    async fn change(&self, command: AccessCommand) -> Result<(), Error> {
+        self.node.auth.propose(command).await
     }
 }
 
@@ -85,16 +89,11 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::CreateUserRequest>,
     ) -> Result<Response<v1::CreateUserResponse>, Status> {
-        let caller = self.caller(&request)?;
-        self.node
-            .auth
-            .check(&caller, on_cluster(Operation::Alter))?;
+        self.caller_may(&request, Operation::Alter)?;
         let v1::CreateUserRequest { name, password } = request.into_inner();
         user_name(&name)?;
         let credential = Authenticator::credential(&password).await?;
-        self.node
-            .auth
-            .propose(AccessCommand::CreateUser { name, credential })
+        self.change(AccessCommand::CreateUser { name, credential })
             .await?;
         Ok(Response::new(v1::CreateUserResponse {}))
     }
@@ -103,16 +102,10 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::DeleteUserRequest>,
     ) -> Result<Response<v1::DeleteUserResponse>, Status> {
-        let caller = self.caller(&request)?;
-        self.node
-            .auth
-            .check(&caller, on_cluster(Operation::Alter))?;
+        self.caller_may(&request, Operation::Alter)?;
         let name = request.into_inner().name;
         user_name(&name)?;
-        self.node
-            .auth
-            .propose(AccessCommand::DeleteUser { name })
-            .await?;
+        self.change(AccessCommand::DeleteUser { name }).await?;
         Ok(Response::new(v1::DeleteUserResponse {}))
     }
 
@@ -121,17 +114,13 @@ impl v1::access_server::Access for Api {
         request: Request<v1::ChangePasswordRequest>,
     ) -> Result<Response<v1::ChangePasswordResponse>, Status> {
         let caller = self.caller(&request)?;
-        let v1::ChangePasswordRequest { name, password } = request.into_inner();
-        if caller.name() != name {
-            self.node
-                .auth
-                .check(&caller, on_cluster(Operation::Alter))?;
+        if caller.name() != request.get_ref().name {
+            self.caller_may(&request, Operation::Alter)?;
         }
+        let v1::ChangePasswordRequest { name, password } = request.into_inner();
         user_name(&name)?;
         let credential = Authenticator::credential(&password).await?;
-        self.node
-            .auth
-            .propose(AccessCommand::SetCredential { name, credential })
+        self.change(AccessCommand::SetCredential { name, credential })
             .await?;
         Ok(Response::new(v1::ChangePasswordResponse {}))
     }
@@ -140,10 +129,7 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::ListUsersRequest>,
     ) -> Result<Response<v1::ListUsersResponse>, Status> {
-        let caller = self.caller(&request)?;
-        self.node
-            .auth
-            .check(&caller, on_cluster(Operation::Describe))?;
+        self.caller_may(&request, Operation::Describe)?;
         let names = self.node.cluster.current().users.keys().cloned().collect();
         Ok(Response::new(v1::ListUsersResponse { names }))
     }
@@ -152,15 +138,9 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::AddAclRequest>,
     ) -> Result<Response<v1::AddAclResponse>, Status> {
-        let caller = self.caller(&request)?;
-        self.node
-            .auth
-            .check(&caller, on_cluster(Operation::Alter))?;
+        self.caller_may(&request, Operation::Alter)?;
         let rule = rule_from_proto(request.into_inner().rule)?;
-        self.node
-            .auth
-            .propose(AccessCommand::AddAcl { rule })
-            .await?;
+        self.change(AccessCommand::AddAcl { rule }).await?;
         Ok(Response::new(v1::AddAclResponse {}))
     }
 
@@ -168,15 +148,9 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::RemoveAclRequest>,
     ) -> Result<Response<v1::RemoveAclResponse>, Status> {
-        let caller = self.caller(&request)?;
-        self.node
-            .auth
-            .check(&caller, on_cluster(Operation::Alter))?;
+        self.caller_may(&request, Operation::Alter)?;
         let rule = rule_from_proto(request.into_inner().rule)?;
-        self.node
-            .auth
-            .propose(AccessCommand::RemoveAcl { rule })
-            .await?;
+        self.change(AccessCommand::RemoveAcl { rule }).await?;
         Ok(Response::new(v1::RemoveAclResponse {}))
     }
 
@@ -184,10 +158,7 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::ListAclsRequest>,
     ) -> Result<Response<v1::ListAclsResponse>, Status> {
-        let caller = self.caller(&request)?;
-        self.node
-            .auth
-            .check(&caller, on_cluster(Operation::Describe))?;
+        self.caller_may(&request, Operation::Describe)?;
         let rules = self
             .node
             .cluster
