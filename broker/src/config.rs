@@ -204,6 +204,10 @@ pub struct Config {
     pub max_partitions_per_node: u32,
     /// Most topics in the cluster.
     pub max_topics: u32,
+    /// Most aggregations on one topic (each folds every record produced to it).
+    pub max_aggregations_per_topic: u32,
+    /// HTTP/2 streams (concurrent calls) one client connection may open.
+    pub max_streams_per_connection: u32,
     /// Bounds on consumer-group session time-outs.
     pub group_min_session_timeout_ms: u64,
     /// Bounds on consumer-group session time-outs.
@@ -247,6 +251,8 @@ impl Default for Config {
             retention_check_ms: 60_000,
             max_partitions_per_node: 2_000,
             max_topics: 1_000,
+            max_aggregations_per_topic: 32,
+            max_streams_per_connection: 1_024,
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
             peers: Peers::default(),
@@ -286,8 +292,15 @@ impl Config {
                 self.max_request_bytes, self.max_batch_bytes
             ));
         }
-        if self.max_in_flight_per_connection == 0 {
-            return fail("max_in_flight_per_connection must be at least 1".into());
+        if self.max_in_flight_per_connection == 0
+            || self.max_streams_per_connection == 0
+            || self.max_aggregations_per_topic == 0
+        {
+            return fail(
+                "max_in_flight_per_connection, max_streams_per_connection and \
+                 max_aggregations_per_topic must be at least 1"
+                    .into(),
+            );
         }
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             return fail(

@@ -181,8 +181,15 @@ impl Metrics {
     }
 
     /// The text exposition, with per-partition and per-group values read now.
-    pub fn render(&self, topics: &Topics, groups: &Coordinator) -> String {
+    pub fn render(&self, topics: &Topics, groups: &Coordinator, stopped_groups: usize) -> String {
         let mut scrape = Registry::with_prefix("strata");
+        let stopped = Gauge::<i64>::default();
+        stopped.set(stopped_groups as i64);
+        scrape.register(
+            "raft_groups_stopped",
+            "Raft groups whose core stopped on an error (a restart is needed)",
+            stopped,
+        );
         let partitions = Gauge::<i64>::default();
         let log_bytes = Family::<PartitionLabel, Gauge>::default();
         let high_watermark = Family::<PartitionLabel, Gauge>::default();

@@ -65,6 +65,11 @@ impl Node {
     ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
         let max_answer_bytes = config.max_request_bytes as usize;
+        let aggregations = Aggregations::new(
+            topics.clone(),
+            cluster.clone(),
+            config.max_aggregations_per_topic as usize,
+        );
         let auth = Arc::new(Authenticator::new(
             cluster.clone(),
             config.auth_required(),
@@ -73,7 +78,7 @@ impl Node {
         ));
         Node {
             config,
-            aggregations: Aggregations::new(topics.clone(), cluster.clone()),
+            aggregations,
             search: Search::new(topics.clone(), cluster.clone(), max_answer_bytes),
             auth,
             topics,

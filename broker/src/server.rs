@@ -255,6 +255,7 @@ impl Broker {
             }),
             tokio::spawn(crate::agg::reconcile::run(topics, cluster.clone())),
             tokio::spawn(emitter.run()),
+            tokio::spawn(report_stopped_groups(env.groups.clone())),
         ];
         if let (Some(password), Some(user)) =
             (bootstrap_password, node.config.superusers.first().cloned())
@@ -333,6 +334,22 @@ fn grpc_server_builder(config: &Config) -> tonic::transport::Server {
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .max_frame_size(HTTP2_MAX_FRAME)
         .concurrency_limit_per_connection(config.max_in_flight_per_connection)
+        .max_concurrent_streams(config.max_streams_per_connection)
+}
+
+/// Logs, once each, every Raft group whose core stopped on an error (its replica serves
+/// nothing until the node restarts; `/health` says so and `strata_raft_groups_stopped`
+/// counts them).
+async fn report_stopped_groups(groups: crate::raft::Groups) {
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (id, why) in groups.stopped() {
+            if reported.insert(id) {
+                tracing::error!(group = format!("{id:#x}"), error = %why, "a raft group stopped; restart the node to recover it");
+            }
+        }
+    }
 }
 
 /// Locks `<data_dir>/LOCK` so that no second node uses the directory.

@@ -27,13 +27,18 @@ const PARTIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Aggregations {
     topics: Arc<Topics>,
     cluster: Arc<Cluster>,
+    max_per_topic: usize,
 }
 
 impl Aggregations {
     /// Aggregations over `topics` (this node's replicas) and `cluster` (definitions, other
-    /// nodes).
-    pub fn new(topics: Arc<Topics>, cluster: Arc<Cluster>) -> Aggregations {
-        Aggregations { topics, cluster }
+    /// nodes), at most `max_per_topic` on one topic (each one folds every record).
+    pub fn new(topics: Arc<Topics>, cluster: Arc<Cluster>, max_per_topic: usize) -> Aggregations {
+        Aggregations {
+            topics,
+            cluster,
+            max_per_topic,
+        }
     }
 }
 
@@ -101,6 +106,16 @@ impl Aggregations {
     /// follows the change.
     pub async fn create(&self, def: AggregationDef) -> Result<u64, Error> {
         let name = def.name.clone();
+        let on_topic = (self.cluster.current().aggregations.values())
+            .filter(|a| a.def.topic == def.topic)
+            .count();
+        if on_topic >= self.max_per_topic {
+            return Err(Error::LimitExceeded(format!(
+                "topic `{}` has {on_topic} aggregations, the most one topic takes \
+                 (max_aggregations_per_topic)",
+                def.topic
+            )));
+        }
         let command = Command::CreateAggregation { def: Box::new(def) };
         match self.cluster.propose(command, CHANGE_TIMEOUT).await? {
             CommandResult::AggregationCreated { id } => {

@@ -230,6 +230,26 @@ impl Authenticator {
             .map_err(Error::Unavailable)
     }
 
+    /// `Ok` if `principal` may produce as idempotent producer `producer_id`: with a login,
+    /// only the user the cluster issued it to may.
+    pub fn check_producer(&self, principal: &Principal, producer_id: i64) -> Result<()> {
+        let Principal::User { name, .. } = principal else {
+            return Ok(());
+        };
+        let state = self.cluster.current();
+        if state
+            .producers_by_owner
+            .get(name)
+            .is_some_and(|ids| ids.contains(&producer_id))
+        {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "producer id {producer_id} was not issued to user `{name}` (InitProducer)"
+            )))
+        }
+    }
+
     /// Whether `principal` has `permission`.
     pub fn allows(&self, principal: &Principal, permission: &Permission<'_>) -> bool {
         principal.unrestricted()

@@ -12,6 +12,9 @@ use strata_storage::RecordBatch;
 use super::access::{AccessCommand, AccessResult};
 use super::state::{AggregationMeta, ClusterState, EmitProgress, NodeInfo, TopicMeta};
 use super::topic::TopicConfig;
+
+/// Most producer ids a user holds at once; allocating more forgets its oldest.
+pub const MAX_PRODUCER_IDS_PER_USER: usize = 1_000;
 use crate::agg::def::AggregationDef;
 
 /// A change to the cluster's metadata.
@@ -37,8 +40,12 @@ pub enum Command {
         /// Its name.
         name: String,
     },
-    /// Allocates an idempotent producer id.
-    AllocateProducerId,
+    /// Allocates an idempotent producer id, to `owner` when the cluster requires a login.
+    AllocateProducerId {
+        /// The user the id is issued to (only it may produce with it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
     /// Stores a consumer group's offsets.
     CommitOffsets {
         /// The group.
@@ -217,12 +224,20 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
-            Command::AllocateProducerId => {
+            Command::AllocateProducerId { owner } => {
                 let id = self.next_producer_id.max(1);
                 let Some(next) = id.checked_add(1) else {
                     return invalid("producer ids ran out");
                 };
                 self.next_producer_id = next;
+                if let Some(owner) = owner {
+                    let ids = self.producers_by_owner.entry(owner).or_default();
+                    ids.insert(id);
+                    // A user's oldest ids go first: a producer lives on its newest.
+                    while ids.len() > MAX_PRODUCER_IDS_PER_USER {
+                        ids.pop_first();
+                    }
+                }
                 CommandResult::ProducerId { id }
             }
             Command::CommitOffsets { group, offsets } => {
@@ -353,11 +368,11 @@ mod tests {
             CommandResult::Invalid { .. }
         ));
         assert_eq!(
-            s.apply(Command::AllocateProducerId),
+            s.apply(Command::AllocateProducerId { owner: None }),
             CommandResult::ProducerId { id: 1 }
         );
         assert_eq!(
-            s.apply(Command::AllocateProducerId),
+            s.apply(Command::AllocateProducerId { owner: None }),
             CommandResult::ProducerId { id: 2 }
         );
         assert_eq!(

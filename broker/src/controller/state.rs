@@ -60,6 +60,9 @@ pub struct ClusterState {
     /// ACL allow rules.
     #[serde(default)]
     pub acls: BTreeSet<AclRule>,
+    /// The producer ids issued to each user (when the cluster requires a login).
+    #[serde(default)]
+    pub producers_by_owner: BTreeMap<String, BTreeSet<i64>>,
     /// The secret tokens are signed with (hex), once a node has proposed one.
     #[serde(default)]
     pub token_secret: Option<String>,

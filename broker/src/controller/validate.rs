@@ -56,9 +56,11 @@ impl ClusterState {
                 name("topic name", n)?;
                 config.validate()
             }
-            Command::DeleteTopic { .. }
-            | Command::AllocateProducerId
-            | Command::DropAggregation { .. } => Ok(()),
+            Command::AllocateProducerId { owner } => match owner {
+                Some(owner) => name("producer owner", owner),
+                None => Ok(()),
+            },
+            Command::DeleteTopic { .. } | Command::DropAggregation { .. } => Ok(()),
             Command::AggregationEmitted { id, partition, .. } => {
                 let Some(a) = self.aggregations.values().find(|a| a.id == *id) else {
                     return Ok(()); // answered as unknown
@@ -148,6 +150,14 @@ impl ClusterState {
         }
         if self.next_producer_id < 0 {
             return Err("the next producer id is negative".into());
+        }
+        for (owner, ids) in &self.producers_by_owner {
+            name("producer owner", owner)?;
+            if ids.len() > super::command::MAX_PRODUCER_IDS_PER_USER
+                || ids.iter().any(|id| *id < 1 || *id >= self.next_producer_id)
+            {
+                return Err(format!("the producer ids of `{owner}` are inconsistent"));
+            }
         }
         self.validate_access()
     }

@@ -67,6 +67,9 @@ pub struct GroupStatus {
     pub replication: Option<BTreeMap<u64, Option<u64>>>,
     /// Index the latest snapshot covers.
     pub snapshot_index: Option<u64>,
+    /// Why the group's Raft core stopped, if it stopped other than by a shutdown (a storage
+    /// error, a panic): the replica serves nothing until the node restarts.
+    pub stopped: Option<String>,
 }
 
 impl GroupStatus {
@@ -84,6 +87,10 @@ impl GroupStatus {
                     .collect()
             }),
             snapshot_index: m.snapshot.map(|s| s.index),
+            stopped: match &m.running_state {
+                Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                Err(e) => Some(e.to_string()),
+            },
         }
     }
 

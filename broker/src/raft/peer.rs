@@ -71,6 +71,18 @@ impl Groups {
             .remove(&id)
     }
 
+    /// The groups whose Raft core stopped other than by a shutdown, with why (see
+    /// [`super::GroupStatus::stopped`]).
+    pub fn stopped(&self) -> Vec<(GroupId, String)> {
+        let mut out: Vec<(GroupId, String)> = self
+            .read()
+            .iter()
+            .filter_map(|(id, g)| g.status().stopped.map(|why| (*id, why)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// A group by id.
     fn get(&self, id: GroupId) -> Option<Group> {
         self.read().get(&id).cloned()

@@ -413,12 +413,14 @@ async fn t23_searches_built_to_amplify_work_are_bounded() {
 
 /// t24: a topic that would take a node past its partition limit, or the cluster past its
 /// topic limit, is refused before anything is allocated (a 5,000-partition topic grew a
-/// node to 4.9 GB before failing), and the node keeps serving.
+/// node to 4.9 GB before failing), so is an aggregation beyond the per-topic limit, and the
+/// node keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t24_topics_beyond_the_limits_are_refused_before_anything_is_allocated() {
     let broker = TestBroker::start_with(|c| {
         c.max_partitions_per_node = 10;
         c.max_topics = 2;
+        c.max_aggregations_per_topic = 2;
     })
     .await;
     let client = broker.client_with_topic("first", 8).await;
@@ -457,6 +459,24 @@ async fn t24_topics_beyond_the_limits_are_refused_before_anything_is_allocated()
         2,
         "nothing was allocated"
     );
+    let spec = |name: &str| strata_client::AggregationSpec {
+        name: name.into(),
+        topic: "first".into(),
+        window: "tumbling:1m".into(),
+        measures: vec!["count".into()],
+        ..Default::default()
+    };
+    for name in ["a1", "a2"] {
+        client.aggregations().create(spec(name)).await.unwrap();
+    }
+    let e = client.aggregations().create(spec("a3")).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(strata_client::ErrorCode::LimitExceeded),
+        "{e}"
+    );
+    assert!(e.to_string().contains("max_aggregations_per_topic"), "{e}");
+    assert_eq!(client.aggregations().list().await.unwrap().len(), 2);
     client
         .producer()
         .build()

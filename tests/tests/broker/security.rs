@@ -371,3 +371,101 @@ async fn t31_users_log_in_and_acls_decide_every_operation() {
         "rules outlive users, as in Kafka"
     );
 }
+
+/// A bearer token for `user` from the node at `address`, with the raw API.
+async fn token(address: &str, user: &str, password: &str) -> String {
+    let mut access =
+        strata_proto::v1::access_client::AccessClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+    let login = strata_proto::v1::LoginRequest {
+        user: user.into(),
+        password: password.into(),
+    };
+    access.login(login).await.unwrap().into_inner().token
+}
+
+/// `message` as a request carrying `token`.
+fn as_user<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// t32: with a login required, an idempotent producer id is issued to the user that asked
+/// for it and accepted only from that user: another user (with write on the topic) who sends
+/// batches under it is refused and stores nothing, so it cannot fence or disturb the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t32_producer_ids_belong_to_the_user_they_were_issued_to() {
+    use strata_proto::v1;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin-password");
+    std::fs::write(&password_file, "root secret").unwrap();
+    let broker = TestBroker::start_with(|c| {
+        c.auth = Some(strata_broker::config::AuthMode::Required);
+        c.superusers = vec!["admin".into()];
+        c.bootstrap_password_file = Some(password_file.clone());
+    })
+    .await;
+    let admin = eventually(WAIT, "the bootstrap superuser", async || {
+        login(&broker, "admin", "root secret").await.ok()
+    })
+    .await;
+    admin
+        .admin()
+        .create_topic("shared", TopicSpec::partitions(1))
+        .await
+        .unwrap();
+    for user in ["ada", "bob"] {
+        admin.access().create_user(user, "pw").await.unwrap();
+        let rule = strata_client::acl_rule(user, "topic", "shared", "write");
+        admin.access().add_acl(rule).await.unwrap();
+    }
+    let address = broker.address();
+    let (ada, bob) = (
+        token(&address, "ada", "pw").await,
+        token(&address, "bob", "pw").await,
+    );
+    let mut rpc = v1::produce_client::ProduceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let issued = rpc
+        .init_producer(as_user(&ada, v1::InitProducerRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let produce = |seq: i32, value: &str| {
+        let mut b = strata_storage::BatchBuilder::new();
+        b.push(strata_storage::NewRecord::value(1, value.as_bytes()))
+            .unwrap();
+        let batch = b
+            .producer(issued.producer_id, issued.producer_epoch as i16, seq)
+            .finish()
+            .unwrap()
+            .into_bytes();
+        v1::ProduceRequest {
+            topic: "shared".into(),
+            batches: vec![v1::PartitionBatch {
+                partition: 0,
+                batch,
+            }],
+            acks: v1::Acks::All as i32,
+            timeout_ms: 0,
+        }
+    };
+    let answer = |r: tonic::Response<v1::ProduceResponse>| r.into_inner().results.remove(0);
+    let first = answer(rpc.produce(as_user(&ada, produce(0, "a0"))).await.unwrap());
+    assert!(first.error.is_none(), "{first:?}");
+    let forged = answer(rpc.produce(as_user(&bob, produce(1, "b1"))).await.unwrap());
+    let error = forged.error.expect("bob may not use ada's producer id");
+    assert_eq!(error.code(), v1::ErrorCode::PermissionDenied, "{error:?}");
+    assert!(
+        error.message.contains("was not issued to user `bob`"),
+        "{error:?}"
+    );
+    // Ada's next batch follows on: bob's disturbed nothing.
+    let next = answer(rpc.produce(as_user(&ada, produce(1, "a1"))).await.unwrap());
+    assert!(next.error.is_none(), "{next:?}");
+    assert_eq!(next.base_offset, 1);
+}

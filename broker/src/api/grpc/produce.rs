@@ -13,6 +13,7 @@ use strata_storage::RecordBatch;
 use tonic::{Request, Response, Status};
 
 use super::{Api, status};
+use crate::auth::gate::Principal;
 use crate::auth::{Operation, ResourceKind};
 use crate::controller::{Command, CommandResult};
 use crate::error::Error;
@@ -25,9 +26,9 @@ impl v1::produce_server::Produce for Api {
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
         let topic = &request.get_ref().topic;
-        self.allow(&request, ResourceKind::Topic, topic, Operation::Write)?;
+        let caller = self.allow(&request, ResourceKind::Topic, topic, Operation::Write)?;
         Ok(Response::new(
-            self.produce_inner(request.into_inner()).await?,
+            self.produce_inner(request.into_inner(), &caller).await?,
         ))
     }
 
@@ -35,12 +36,18 @@ impl v1::produce_server::Produce for Api {
         &self,
         request: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
-        self.caller(&request)?;
+        let owner = match self.caller(&request)? {
+            Principal::User { name, .. } => Some(name),
+            Principal::Anonymous => None,
+        };
         self.check_serving()?;
         match self
             .node
             .cluster
-            .propose(Command::AllocateProducerId, Duration::from_secs(10))
+            .propose(
+                Command::AllocateProducerId { owner },
+                Duration::from_secs(10),
+            )
             .await?
         {
             CommandResult::ProducerId { id } => Ok(Response::new(v1::InitProducerResponse {
@@ -56,6 +63,7 @@ impl Api {
     async fn produce_inner(
         &self,
         request: v1::ProduceRequest,
+        caller: &Principal,
     ) -> Result<v1::ProduceResponse, Error> {
         self.check_serving()?;
         let topic = self.node.topics.get(&request.topic)?;
@@ -86,7 +94,13 @@ impl Api {
         for (i, b) in request.batches.into_iter().enumerate() {
             let checked = topic
                 .partition(b.partition)
-                .and_then(|_| rules.check(&topic.name, b.partition, b.batch, now_ms));
+                .and_then(|_| rules.check(&topic.name, b.partition, b.batch, now_ms))
+                .and_then(|batch| {
+                    if batch.producer_id() >= 0 {
+                        self.node.auth.check_producer(caller, batch.producer_id())?;
+                    }
+                    Ok(batch)
+                });
             match checked {
                 Ok(batch) => by_partition
                     .entry(b.partition)

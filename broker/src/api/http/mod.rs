@@ -18,12 +18,27 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// Ready when the node serves and no Raft group of it has stopped on an error.
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let serving = node.is_serving();
+    let stopped: Vec<serde_json::Value> = node
+        .cluster
+        .env()
+        .groups
+        .stopped()
+        .into_iter()
+        .map(|(id, why)| serde_json::json!({"group": format!("{id:#x}"), "error": why}))
+        .collect();
+    let serving = node.is_serving() && stopped.is_empty();
+    let status = match (node.is_serving(), stopped.is_empty()) {
+        (true, true) => "serving",
+        (true, false) => "degraded",
+        (false, _) => "not_serving",
+    };
     let body = serde_json::json!({
-        "status": if serving { "serving" } else { "not_serving" },
+        "status": status,
         "node_id": node.config.node_id,
         "topics": node.topics.all().len(),
+        "stopped_groups": stopped,
     });
     let code = if serving {
         StatusCode::OK
@@ -38,9 +53,12 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let text = tokio::task::spawn_blocking(move || node.metrics.render(&node.topics, &node.groups))
-        .await
-        .unwrap_or_default();
+    let text = tokio::task::spawn_blocking(move || {
+        let stopped = node.cluster.env().groups.stopped().len();
+        node.metrics.render(&node.topics, &node.groups, stopped)
+    })
+    .await
+    .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
