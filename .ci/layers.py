@@ -33,7 +33,7 @@ LAYERS = [
     ["replica"],
     ["search::feed"],
     ["topics"],
-    ["agg::query", "agg::reconcile", "agg::emit", "search::scatter", "groups", "auth::gate"],
+    ["agg::query", "agg::reconcile", "agg::emit", "search::scatter", "groups", "auth::gate", "auth::audit"],
     ["node", "metrics"],
     ["api"],
     ["server"],

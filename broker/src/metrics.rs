@@ -82,6 +82,15 @@ impl Default for Metrics {
     }
 }
 
+/// Node-wide values read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeCounts {
+    /// Raft groups whose core stopped on an error.
+    pub stopped_groups: usize,
+    /// Audit events dropped.
+    pub audit_dropped: u64,
+}
+
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
@@ -181,14 +190,21 @@ impl Metrics {
     }
 
     /// The text exposition, with per-partition and per-group values read now.
-    pub fn render(&self, topics: &Topics, groups: &Coordinator, stopped_groups: usize) -> String {
+    pub fn render(&self, topics: &Topics, groups: &Coordinator, node: NodeCounts) -> String {
         let mut scrape = Registry::with_prefix("strata");
         let stopped = Gauge::<i64>::default();
-        stopped.set(stopped_groups as i64);
+        stopped.set(node.stopped_groups as i64);
         scrape.register(
             "raft_groups_stopped",
             "Raft groups whose core stopped on an error (a restart is needed)",
             stopped,
+        );
+        let audit_dropped = Counter::<u64>::default();
+        audit_dropped.inc_by(node.audit_dropped);
+        scrape.register(
+            "audit_dropped_events",
+            "Audit events not written (queue full, or the audit topic unwritable)",
+            audit_dropped,
         );
         let partitions = Gauge::<i64>::default();
         let log_bytes = Family::<PartitionLabel, Gauge>::default();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::agg::query::Aggregations;
+use crate::auth::audit::AuditLog;
 use crate::auth::gate::Authenticator;
 use crate::config::Config;
 use crate::controller::Cluster;
@@ -62,6 +63,7 @@ impl Node {
         groups: Coordinator,
         cluster: Arc<Cluster>,
         addresses: Addresses,
+        audit: AuditLog,
     ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
         let max_answer_bytes = config.max_request_bytes as usize;
@@ -72,6 +74,7 @@ impl Node {
         );
         let auth = Arc::new(Authenticator::new(
             cluster.clone(),
+            audit,
             config.auth_required(),
             config.superusers.clone(),
             std::time::Duration::from_millis(config.token_ttl_ms),

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::agg::emit::Emitter;
 use crate::api;
+use crate::auth::audit::AuditLog;
 use crate::config::Config;
 use crate::controller::Cluster;
 use crate::error::{Error, Result};
@@ -171,12 +172,14 @@ impl Broker {
             peer_address,
             http_address,
         };
+        let (audit, audit_queue) = AuditLog::new(config.node_id, config.auth_required());
         let node = Arc::new(Node::new(
             config,
             topics,
             groups,
             cluster.clone(),
             addresses,
+            audit.clone(),
         ));
         let (stop, _) = watch::channel(false);
 
@@ -253,9 +256,10 @@ impl Broker {
                 let topics = topics.clone();
                 async move { topics.balance_leaders().await }
             }),
-            tokio::spawn(crate::agg::reconcile::run(topics, cluster.clone())),
+            tokio::spawn(crate::agg::reconcile::run(topics.clone(), cluster.clone())),
             tokio::spawn(emitter.run()),
             tokio::spawn(report_stopped_groups(env.groups.clone())),
+            tokio::spawn(audit.run(audit_queue, topics.clone(), cluster.clone())),
         ];
         if let (Some(password), Some(user)) =
             (bootstrap_password, node.config.superusers.first().cloned())

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::acl::{self, Permission};
+use super::acl::{self, Permission, ResourceKind};
+use super::audit::AuditLog;
 use super::scram::{self, ScramCredential};
 use super::token::{self, Claims};
 use crate::controller::{AccessCommand, Cluster, ClusterState, Command, CommandResult};
@@ -38,7 +39,8 @@ impl Principal {
         }
     }
 
-    fn unrestricted(&self) -> bool {
+    /// Whether no ACL applies (no login required, or a superuser).
+    pub fn unrestricted(&self) -> bool {
         matches!(
             self,
             Principal::Anonymous
@@ -54,6 +56,7 @@ impl Principal {
 #[derive(Debug)]
 pub struct Authenticator {
     cluster: Arc<Cluster>,
+    audit: AuditLog,
     required: bool,
     superusers: Vec<String>,
     token_ttl: Duration,
@@ -69,16 +72,23 @@ impl Authenticator {
     /// Checks callers against `cluster`'s state when `required`; tokens live `token_ttl`.
     pub fn new(
         cluster: Arc<Cluster>,
+        audit: AuditLog,
         required: bool,
         superusers: Vec<String>,
         token_ttl: Duration,
     ) -> Authenticator {
         Authenticator {
             cluster,
+            audit,
             required,
             superusers,
             token_ttl,
         }
+    }
+
+    /// The audit log refusals and changes go to.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Whether callers must authenticate.
@@ -134,9 +144,10 @@ impl Authenticator {
                 .await
                 .map_err(Error::task("password check"))?;
         let Some(record) = record.filter(|_| verified) else {
-            return Err(Error::Unauthenticated(
-                "unknown user or wrong password".into(),
-            ));
+            let refused = "unknown user or wrong password";
+            self.audit
+                .record(user, "Access/Login", user, "unauthenticated", refused);
+            return Err(Error::Unauthenticated(refused.into()));
         };
         let secret = self.token_secret().await?;
         let expires_ms = now_ms().saturating_add(self.token_ttl.as_millis() as i64);
@@ -252,8 +263,14 @@ impl Authenticator {
 
     /// Whether `principal` has `permission`.
     pub fn allows(&self, principal: &Principal, permission: &Permission<'_>) -> bool {
-        principal.unrestricted()
-            || acl::allowed(&self.cluster.current().acls, principal.name(), permission)
+        if principal.unrestricted() {
+            return true;
+        }
+        // Strata's own topics (the audit log) are for superusers only, whatever the rules.
+        if permission.resource == ResourceKind::Topic && permission.name.starts_with('_') {
+            return false;
+        }
+        acl::allowed(&self.cluster.current().acls, principal.name(), permission)
     }
 
     /// `Ok` if `principal` has `permission`, else `PERMISSION_DENIED` naming it.
@@ -261,10 +278,15 @@ impl Authenticator {
         if self.allows(principal, &permission) {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!(
-                "user `{}` lacks {permission}",
-                principal.name()
-            )))
+            let message = format!("user `{}` lacks {permission}", principal.name());
+            self.audit.record(
+                principal.name(),
+                &permission.to_string(),
+                permission.name,
+                "denied",
+                &message,
+            );
+            Err(Error::PermissionDenied(message))
         }
     }
 }

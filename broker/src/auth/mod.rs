@@ -1,7 +1,8 @@
 //! Who a client is and what it may do. The pure half: `scram` (password credentials as
 //! SCRAM-SHA-256 stores them), `token` (signed bearer tokens), `acl` (allow rules and how they
 //! match), and [`UserRecord`] (a user as the controller's state keeps it). `gate` (above the
-//! controller) authenticates requests against the cluster's state and checks permissions.
+//! controller) authenticates requests against the cluster's state and checks permissions;
+//! `audit` writes what it refused, and every administrative change, to the `_audit` topic.
 //!
 //! Why this scheme: a password is checked once, over TLS, by `Access.Login`, which answers a
 //! bearer token that every later request carries; any node verifies a token with one HMAC
@@ -11,6 +12,7 @@
 //! take the same bearer tokens (or Basic credentials, checked like a login).
 
 pub mod acl;
+pub mod audit;
 pub mod gate;
 pub mod scram;
 pub mod token;

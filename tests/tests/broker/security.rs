@@ -469,3 +469,110 @@ async fn t32_producer_ids_belong_to_the_user_they_were_issued_to() {
     assert!(next.error.is_none(), "{next:?}");
     assert_eq!(next.base_offset, 1);
 }
+
+/// t33: every authentication failure, permission denial and administrative change is
+/// written to the `_audit` topic (who, what, on what, when, result), searchable like any
+/// topic, and only superusers read it: a user granted read on every topic still cannot, and
+/// no client creates a topic whose name starts with `_`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t33_refusals_and_changes_are_audited_for_superusers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin-password");
+    std::fs::write(&password_file, "root secret").unwrap();
+    let broker = TestBroker::start_with(|c| {
+        c.auth = Some(strata_broker::config::AuthMode::Required);
+        c.superusers = vec!["admin".into()];
+        c.bootstrap_password_file = Some(password_file.clone());
+    })
+    .await;
+    let admin = eventually(WAIT, "the bootstrap superuser", async || {
+        login(&broker, "admin", "root secret").await.ok()
+    })
+    .await;
+    assert!(login(&broker, "admin", "guess").await.is_err());
+    admin
+        .admin()
+        .create_topic("orders", TopicSpec::partitions(1))
+        .await
+        .unwrap();
+    admin.access().create_user("ada", "pw").await.unwrap();
+    let everything = strata_client::acl_rule("ada", "topic", "*", "read");
+    admin.access().add_acl(everything).await.unwrap();
+    let ada = login(&broker, "ada", "pw").await.unwrap();
+    denied(
+        ada.producer()
+            .retries(0)
+            .build()
+            .send_and_wait(ProducerRecord::new("orders", "x"))
+            .await,
+        "write on topic `orders`",
+    );
+    let internal = admin
+        .admin()
+        .create_topic("_mine", TopicSpec::partitions(1))
+        .await
+        .unwrap_err();
+    assert!(
+        internal.to_string().contains("Strata's own topics"),
+        "{internal}"
+    );
+
+    // The audit topic holds each event once written (asynchronously), as JSON.
+    let wanted = [
+        ("admin", "Access/Login", "unauthenticated"),
+        ("admin", "Admin/CreateTopic", "ok"),
+        ("admin", "Access/CreateUser", "ok"),
+        ("admin", "Access/AddAcl", "ok"),
+        ("ada", "write on topic `orders`", "denied"),
+    ];
+    let events = eventually(WAIT, "the audit events", async || {
+        admin.admin().describe_topic("_audit").await.ok()?;
+        let mut consumer = strata_tests::reader(&admin, "_audit", [0], StartAt::Earliest).await;
+        let mut events = Vec::new();
+        while let Ok(Some(Ok(r))) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), consumer.next()).await
+        {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+            events.push(v);
+        }
+        let all_there = wanted.iter().all(|(who, what, result)| {
+            events
+                .iter()
+                .any(|e| e["principal"] == *who && e["action"] == *what && e["result"] == *result)
+        });
+        all_there.then_some(events)
+    })
+    .await;
+    for e in &events {
+        assert!(e["ts"].as_i64().unwrap() > 0 && e["node"] == 1, "{e}");
+    }
+    // Searchable like any topic, by superusers.
+    let found = eventually(WAIT, "audit events searchable", async || {
+        let r = admin
+            .search()
+            .run(strata_client::SearchQuery::new("result:denied").topic("_audit"))
+            .await
+            .ok()?;
+        (r.total >= 1).then_some(r)
+    })
+    .await;
+    assert!(found.hits.iter().all(|h| h.topic == "_audit"));
+    // Not by anyone else, whatever the rules say.
+    denied(
+        ada.search()
+            .run(strata_client::SearchQuery::new("*").topic("_audit"))
+            .await,
+        "read on topic `_audit`",
+    );
+    let mine = ada
+        .search()
+        .run(strata_client::SearchQuery::new("*").count_only())
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.total, 0,
+        "a search of every topic leaves the audit topic out"
+    );
+    let listed = strata_tests::topic_names(&ada).await;
+    assert_eq!(listed, ["orders"]);
+}

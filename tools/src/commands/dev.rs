@@ -37,6 +37,9 @@ pub struct Args {
     /// CA; clients pass `--tls-ca <data-dir>/tls/ca.pem`).
     #[arg(long)]
     pub tls: bool,
+    /// Plain-text peer traffic (to measure what peer TLS costs; loopback only).
+    #[arg(long)]
+    pub no_peer_tls: bool,
     /// Require a login: creates the superuser `admin` with a fresh password, written to
     /// `<data-dir>/admin-password` and printed.
     #[arg(long)]
@@ -120,7 +123,7 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
             node_id: id,
             listen: shifted(args.listen, id - 1)?,
             peer_listen: shifted(args.peer_listen, id - 1)?,
-            peer_tls: certificates.remove(&id),
+            peer_tls: certificates.remove(&id).filter(|_| !args.no_peer_tls),
             tls_cert: client_tls.as_ref().map(|(cert, _)| cert.clone()),
             tls_key: client_tls.as_ref().map(|(_, key)| key.clone()),
             auth: args
@@ -176,10 +179,15 @@ pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
                 .map(|h| format!("   health http://{h}/health   metrics http://{h}/metrics"))
                 .unwrap_or_default();
             println!(
-                "  node {}  gRPC {}   peers {} (mutual TLS){http}",
+                "  node {}  gRPC {}   peers {}{}{http}",
                 i + 1,
                 b.address(),
-                b.peer_address()
+                b.peer_address(),
+                if args.no_peer_tls {
+                    ""
+                } else {
+                    " (mutual TLS)"
+                },
             );
         }
         println!("  STRATA_BROKERS={bootstrap}");

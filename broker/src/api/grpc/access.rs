@@ -12,14 +12,33 @@ use crate::error::Error;
 
 impl Api {
     /// The caller of `request`, if it may do `operation` on the cluster.
-    fn caller_may<T>(&self, request: &Request<T>, operation: Operation) -> Result<(), Error> {
+    fn caller_may<T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+    ) -> Result<Principal, Error> {
         self.allow(request, ResourceKind::Cluster, "", operation)
-            .map(|_| ())
     }
 
-    /// Proposes an access change (the caller was checked).
-    async fn change(&self, command: AccessCommand) -> Result<(), Error> {
-        self.node.auth.propose(command).await
+    /// Proposes an access change (the caller was checked) and audits it.
+    async fn change(
+        &self,
+        caller: &Principal,
+        action: &str,
+        command: AccessCommand,
+    ) -> Result<(), Error> {
+        let resource = match &command {
+            AccessCommand::CreateUser { name, .. }
+            | AccessCommand::SetCredential { name, .. }
+            | AccessCommand::DeleteUser { name } => format!("user `{name}`"),
+            AccessCommand::AddAcl { rule } | AccessCommand::RemoveAcl { rule } => format!(
+                "rule {} may {} {} `{}`",
+                rule.principal, rule.operation, rule.resource, rule.pattern
+            ),
+            AccessCommand::SetTokenSecret { .. } => "the token secret".to_string(),
+        };
+        let result = self.node.auth.propose(command).await;
+        self.audited(caller, action, &resource, result)
     }
 }
 
@@ -73,14 +92,7 @@ impl v1::access_server::Access for Api {
         let caller = self.caller(&request)?;
         Ok(Response::new(v1::WhoAmIResponse {
             user: caller.name().to_string(),
-            superuser: matches!(
-                caller,
-                Principal::Anonymous
-                    | Principal::User {
-                        superuser: true,
-                        ..
-                    }
-            ),
+            superuser: caller.unrestricted(),
             authentication_required: self.node.auth.required(),
         }))
     }
@@ -89,12 +101,12 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::CreateUserRequest>,
     ) -> Result<Response<v1::CreateUserResponse>, Status> {
-        self.caller_may(&request, Operation::Alter)?;
+        let caller = self.caller_may(&request, Operation::Alter)?;
         let v1::CreateUserRequest { name, password } = request.into_inner();
         user_name(&name)?;
         let credential = Authenticator::credential(&password).await?;
-        self.change(AccessCommand::CreateUser { name, credential })
-            .await?;
+        let command = AccessCommand::CreateUser { name, credential };
+        self.change(&caller, "Access/CreateUser", command).await?;
         Ok(Response::new(v1::CreateUserResponse {}))
     }
 
@@ -102,10 +114,11 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::DeleteUserRequest>,
     ) -> Result<Response<v1::DeleteUserResponse>, Status> {
-        self.caller_may(&request, Operation::Alter)?;
+        let caller = self.caller_may(&request, Operation::Alter)?;
         let name = request.into_inner().name;
         user_name(&name)?;
-        self.change(AccessCommand::DeleteUser { name }).await?;
+        let command = AccessCommand::DeleteUser { name };
+        self.change(&caller, "Access/DeleteUser", command).await?;
         Ok(Response::new(v1::DeleteUserResponse {}))
     }
 
@@ -120,7 +133,8 @@ impl v1::access_server::Access for Api {
         let v1::ChangePasswordRequest { name, password } = request.into_inner();
         user_name(&name)?;
         let credential = Authenticator::credential(&password).await?;
-        self.change(AccessCommand::SetCredential { name, credential })
+        let command = AccessCommand::SetCredential { name, credential };
+        self.change(&caller, "Access/ChangePassword", command)
             .await?;
         Ok(Response::new(v1::ChangePasswordResponse {}))
     }
@@ -138,9 +152,10 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::AddAclRequest>,
     ) -> Result<Response<v1::AddAclResponse>, Status> {
-        self.caller_may(&request, Operation::Alter)?;
+        let caller = self.caller_may(&request, Operation::Alter)?;
         let rule = rule_from_proto(request.into_inner().rule)?;
-        self.change(AccessCommand::AddAcl { rule }).await?;
+        self.change(&caller, "Access/AddAcl", AccessCommand::AddAcl { rule })
+            .await?;
         Ok(Response::new(v1::AddAclResponse {}))
     }
 
@@ -148,9 +163,10 @@ impl v1::access_server::Access for Api {
         &self,
         request: Request<v1::RemoveAclRequest>,
     ) -> Result<Response<v1::RemoveAclResponse>, Status> {
-        self.caller_may(&request, Operation::Alter)?;
+        let caller = self.caller_may(&request, Operation::Alter)?;
         let rule = rule_from_proto(request.into_inner().rule)?;
-        self.change(AccessCommand::RemoveAcl { rule }).await?;
+        let command = AccessCommand::RemoveAcl { rule };
+        self.change(&caller, "Access/RemoveAcl", command).await?;
         Ok(Response::new(v1::RemoveAclResponse {}))
     }
 

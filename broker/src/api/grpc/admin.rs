@@ -138,8 +138,16 @@ impl v1::admin_server::Admin for Api {
         }
         self.check_serving()?;
         let request = request.into_inner();
+        if request.name.starts_with('_') {
+            return Err(Error::InvalidName {
+                name: request.name,
+                reason: "names starting with `_` are Strata's own topics",
+            }
+            .into());
+        }
+        let resource = format!("topic `{}`", request.name);
         let config = config_from_proto(&request.config.unwrap_or_default());
-        let topic = self
+        let created = self
             .node
             .topics
             .create(
@@ -148,7 +156,8 @@ impl v1::admin_server::Admin for Api {
                 config,
                 TOPIC_CHANGE_TIMEOUT,
             )
-            .await?;
+            .await;
+        let topic = self.audited(&caller, "Admin/CreateTopic", &resource, created)?;
         Ok(Response::new(v1::CreateTopicResponse {
             topic: Some(self.topic_metadata(&topic)),
         }))
@@ -159,13 +168,16 @@ impl v1::admin_server::Admin for Api {
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let name = &request.get_ref().name;
-        self.allow(&request, ResourceKind::Topic, name, Operation::Delete)?;
+        let caller = self.allow(&request, ResourceKind::Topic, name, Operation::Delete)?;
         self.check_serving()?;
         let name = request.into_inner().name;
-        self.node
+        let resource = format!("topic `{name}`");
+        let deleted = self
+            .node
             .topics
             .delete(&self.node.cluster, name, TOPIC_CHANGE_TIMEOUT)
-            .await?;
+            .await;
+        self.audited(&caller, "Admin/DeleteTopic", &resource, deleted)?;
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 

@@ -133,7 +133,12 @@ impl v1::aggregations_server::Aggregations for Api {
                 need(ResourceKind::Topic, &spec.emit_to, Operation::Write),
             )?;
         }
-        let id = self.node.aggregations.create(spec_to_def(spec)?).await?;
+        let resource = format!("aggregation `{}`", spec.name);
+        let created = match spec_to_def(spec) {
+            Ok(def) => self.node.aggregations.create(def).await,
+            Err(e) => Err(e),
+        };
+        let id = self.audited(&caller, "Aggregations/Create", &resource, created)?;
         Ok(Response::new(v1::CreateAggregationResponse { id }))
     }
 
@@ -143,9 +148,15 @@ impl v1::aggregations_server::Aggregations for Api {
     ) -> Result<Response<v1::DropAggregationResponse>, Status> {
         self.check_serving()?;
         let name = &request.get_ref().name;
-        self.allow(&request, ResourceKind::Aggregation, name, Operation::Delete)?;
+        let caller = self.allow(&request, ResourceKind::Aggregation, name, Operation::Delete)?;
         let name = request.into_inner().name;
-        self.node.aggregations.drop(&name).await?;
+        let dropped = self.node.aggregations.drop(&name).await;
+        self.audited(
+            &caller,
+            "Aggregations/Drop",
+            &format!("aggregation `{name}`"),
+            dropped,
+        )?;
         Ok(Response::new(v1::DropAggregationResponse {}))
     }
 

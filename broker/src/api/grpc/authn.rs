@@ -82,6 +82,16 @@ where
                 Box::pin(self.inner.call(request))
             }
             Err(e) => {
+                let path = request.uri().path();
+                let action = path.strip_prefix("/strata.v1.").unwrap_or(path);
+                let message = e.to_string();
+                (self.auth.audit()).record(
+                    "unauthenticated",
+                    action,
+                    "",
+                    "unauthenticated",
+                    &message,
+                );
                 let response = super::status::status(&e).into_http();
                 Box::pin(async move { Ok(response) })
             }

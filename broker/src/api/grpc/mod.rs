@@ -94,6 +94,23 @@ impl Api {
         )
     }
 
+    /// Records an administrative change and its outcome in the audit log; `result` as it is.
+    fn audited<T>(
+        &self,
+        caller: &Principal,
+        action: &str,
+        resource: &str,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (outcome, message) = match &result {
+            Ok(_) => ("ok", String::new()),
+            Err(e) => ("failed", e.to_string()),
+        };
+        let audit = self.node.auth.audit();
+        audit.record(caller.name(), action, resource, outcome, &message);
+        result
+    }
+
     fn check_serving(&self) -> Result<(), Error> {
         if self.node.is_serving() {
             Ok(())

@@ -24,20 +24,14 @@ impl v1::search_server::Search for Api {
             .into());
         }
         let caller = self.caller(&request)?;
-        let mut request = request.into_inner();
-        let readable = |t: &str| self.may(&caller, ResourceKind::Topic, t, Operation::Read);
-        if let Some(t) = request.topics.iter().find(|t| !readable(t)) {
-            return Err(Error::PermissionDenied(format!(
-                "user `{}` lacks read on topic `{t}`",
-                caller.name()
-            ))
-            .into());
+        for topic in &request.get_ref().topics {
+            self.allow(&request, ResourceKind::Topic, topic, Operation::Read)?;
         }
-        if request.topics.is_empty()
-            && !self.may(&caller, ResourceKind::Topic, "*", Operation::Read)
-        {
-            // Every topic means every topic the caller may read.
+        let mut request = request.into_inner();
+        if request.topics.is_empty() && !caller.unrestricted() {
+            // Every topic means every topic the caller may read (never Strata's own).
             let state = self.node.cluster.current();
+            let readable = |t: &str| self.may(&caller, ResourceKind::Topic, t, Operation::Read);
             request.topics = state
                 .topics
                 .keys()

@@ -54,8 +54,11 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let text = tokio::task::spawn_blocking(move || {
-        let stopped = node.cluster.env().groups.stopped().len();
-        node.metrics.render(&node.topics, &node.groups, stopped)
+        let counts = crate::metrics::NodeCounts {
+            stopped_groups: node.cluster.env().groups.stopped().len(),
+            audit_dropped: node.auth.audit().dropped(),
+        };
+        node.metrics.render(&node.topics, &node.groups, counts)
     })
     .await
     .unwrap_or_default();
