@@ -299,10 +299,11 @@ impl TestCluster {
         let node = self.node(id);
         let serving = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
-                if let Ok(client) = Client::connect(&address).await
-                    && client.admin().list_topics().await.is_ok()
-                {
-                    return;
+                match Client::connect(&address).await {
+                    Ok(client) if client.admin().list_topics().await.is_ok() => return,
+                    // A node that requires a login answers, so it serves.
+                    Err(e) if e.to_string().contains("UNAUTHENTICATED") => return,
+                    _ => {}
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

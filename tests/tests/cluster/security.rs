@@ -192,3 +192,54 @@ async fn t60_peer_traffic_needs_the_peer_listener_and_a_member_certificate() {
         .unwrap();
     wait_replicated(&cluster, "guarded", 1, 3).await;
 }
+
+/// t61: on three nodes that require a login, each node's audit events reach the one audit
+/// partition, wherever its leader is (a node that does not lead it sends them to the
+/// leader's peer listener over mutual TLS): a failed login on every node shows up once per
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t61_every_node_audits_into_the_one_audit_topic() {
+    use strata_client::{Client, ClientConfig, Credentials, StartAt};
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin-password");
+    std::fs::write(&password_file, "root secret").unwrap();
+    let cluster = TestCluster::start(NODE, 3, |c| {
+        c.auth = Some(strata_broker::config::AuthMode::Required);
+        c.superusers = vec!["admin".into()];
+        c.bootstrap_password_file = Some(password_file.clone());
+    })
+    .await;
+    let as_user = |password: &str| ClientConfig {
+        credentials: Some(Credentials {
+            user: "admin".into(),
+            password: password.into(),
+        }),
+        ..ClientConfig::default()
+    };
+    let admin = strata_tests::eventually(Duration::from_secs(30), "a login", async || {
+        Client::connect_with(&cluster.bootstrap(), as_user("root secret"))
+            .await
+            .ok()
+    })
+    .await;
+    for node in &cluster.nodes {
+        let refused = Client::connect_with(&node.address.to_string(), as_user("guess")).await;
+        assert!(refused.is_err(), "node {}", node.id);
+    }
+    strata_tests::eventually(Duration::from_secs(30), "each node's event", async || {
+        admin.admin().describe_topic("_audit").await.ok()?;
+        let mut consumer = strata_tests::reader(&admin, "_audit", [0], StartAt::Earliest).await;
+        let mut nodes = std::collections::BTreeSet::new();
+        while let Ok(Some(Ok(r))) =
+            tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+        {
+            let e: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+            if e["action"] == "Access/Login" && e["result"] == "unauthenticated" {
+                nodes.insert(e["node"].as_u64()?);
+            }
+        }
+        (nodes.len() == 3).then_some(())
+    })
+    .await;
+}

@@ -165,10 +165,18 @@ pub(crate) fn routes(node: &Arc<Node>) -> tonic::service::Routes {
 }
 
 /// The services the peer listener adds to Raft: the node-to-node shares of a search and of
-/// an aggregation query.
+/// an aggregation query, and produce (the audit log's writes to the audit topic's leader).
 pub(crate) fn peer_routes(node: &Arc<Node>) -> tonic::service::Routes {
     let api = Api::new(node.clone());
     let observe = Observe::new(node.metrics.clone());
+    let max_request = node.config.max_request_bytes as usize;
     tonic::service::Routes::new(observe.layer(v1::search_server::SearchServer::new(api.clone())))
-        .add_service(observe.layer(v1::aggregations_server::AggregationsServer::new(api)))
+        .add_service(
+            observe.layer(v1::aggregations_server::AggregationsServer::new(
+                api.clone(),
+            )),
+        )
+        .add_service(observe.layer(
+            v1::produce_server::ProduceServer::new(api).max_decoding_message_size(max_request),
+        ))
 }
