@@ -79,6 +79,7 @@ impl Broker {
             addr: config.peer_listen,
             source,
         })?;
+        crate::tls::prefer_aes128();
         let peer_tls = config
             .peer_tls
             .as_ref()
