@@ -14,6 +14,10 @@ use super::measure::{WindowAcc, usable};
 /// The largest event time (ms, either side of 1970) an aggregation folds: half the range,
 /// so that window starts, ends and gaps never overflow.
 pub const MAX_EVENT_TIME: i64 = i64::MAX / 2;
+/// Most groups one aggregation keeps on one partition: an event of a new group beyond it is
+/// skipped (and counted), so a group-by field of unbounded values (a request id) cannot grow
+/// a node's memory without bound. A constant, not a setting: every replica folds the same.
+pub const MAX_GROUPS: usize = 100_000;
 
 /// One group's windows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -182,6 +186,10 @@ impl AggState {
             push_decimal(&mut key, text.len());
             key.push(':');
             key.push_str(&text);
+        }
+        if self.groups.len() >= MAX_GROUPS && !self.groups.contains_key(key.as_str()) {
+            self.key_buf.0 = key;
+            return self.skip(format!("more than {MAX_GROUPS} groups"));
         }
         for (m, slot) in c.def.measures.iter().zip(&c.measure_slots) {
             if let Some(slot) = slot {

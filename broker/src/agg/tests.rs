@@ -546,6 +546,26 @@ fn record_times_at_the_ends_of_the_range_neither_panic_nor_wrap() {
 }
 
 #[test]
+fn groups_beyond_the_limit_are_skipped_and_counted() {
+    let d = def(Window::Tumbling { size_ms: 60_000 }, None);
+    let mut aggs = running(&d);
+    let event = |device: usize| {
+        format!(r#"{{"t": 1000, "device": "d{device}", "temperature": 1, "reading": 1}}"#)
+    };
+    let values: Vec<String> = (0..super::state::MAX_GROUPS + 5).map(event).collect();
+    for chunk in values.chunks(4096) {
+        aggs.fold_batch(&batch_of(chunk.iter().map(String::as_str)), None, 0);
+    }
+    // A group that exists keeps folding.
+    aggs.fold_batch(&batch_of([event(0).as_str()]), None, 0);
+    let state = &aggs.running[&1].state;
+    assert_eq!(state.groups.len(), super::state::MAX_GROUPS);
+    assert_eq!(state.events, super::state::MAX_GROUPS as u64 + 1);
+    let skipped = format!("more than {} groups", super::state::MAX_GROUPS);
+    assert_eq!(state.skipped.get(&skipped), Some(&5));
+}
+
+#[test]
 fn quantiles_are_nearest_rank() {
     use super::def::MeasureKind;
     let q = |values: &[f64], q: f64| {

@@ -89,6 +89,26 @@ pub fn def_to_spec(def: &AggregationDef, id: u64) -> v1::AggregationSpec {
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = Result<v1::WatchAggregationResponse, Status>> + Send>>;
 
+/// The rows a watch sent last, by window and group.
+type Seen = HashMap<(i64, Vec<String>, i64), v1::AggregationRow>;
+
+/// The rows of a new answer that differ from what the watch sent; what it remembers becomes
+/// this answer, so windows that left it (retention) are forgotten and a long watch holds no
+/// more than one answer's rows.
+fn changed_rows(seen: &mut Seen, rows: Vec<v1::AggregationRow>) -> Vec<v1::AggregationRow> {
+    let mut latest = HashMap::with_capacity(rows.len());
+    let mut changed = Vec::new();
+    for r in rows {
+        let key = (r.start_ms, r.group.clone(), r.end_ms);
+        if seen.get(&key) != Some(&r) {
+            changed.push(r.clone());
+        }
+        latest.insert(key, r);
+    }
+    *seen = latest;
+    changed
+}
+
 fn need(resource: ResourceKind, name: &str, operation: Operation) -> Permission<'_> {
     Permission {
         resource,
@@ -265,24 +285,13 @@ impl v1::aggregations_server::Aggregations for Api {
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
-            let mut seen: HashMap<(i64, Vec<String>, i64), v1::AggregationRow> = HashMap::new();
+            let mut seen = Seen::new();
             let mut answer = Ok(initial);
             let mut first = true;
             loop {
                 let rows = match answer {
                     Ok(a) => {
-                        let changed: Vec<v1::AggregationRow> = a
-                            .rows
-                            .into_iter()
-                            .filter(|r| {
-                                let key = (r.start_ms, r.group.clone(), r.end_ms);
-                                if seen.get(&key) == Some(r) {
-                                    return false;
-                                }
-                                seen.insert(key, r.clone());
-                                true
-                            })
-                            .collect();
+                        let changed = changed_rows(&mut seen, a.rows);
                         Ok(v1::WatchAggregationResponse {
                             measures: a.measures,
                             group_by: a.group_by,
@@ -312,5 +321,36 @@ impl v1::aggregations_server::Aggregations for Api {
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as WatchStream
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(start_ms: i64, events: u64) -> v1::AggregationRow {
+        v1::AggregationRow {
+            start_ms,
+            end_ms: start_ms + 60_000,
+            group: vec!["d".into()],
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_watch_sends_changes_and_remembers_only_the_last_answer() {
+        let mut seen = Seen::new();
+        assert_eq!(
+            changed_rows(&mut seen, vec![row(0, 1), row(60_000, 1)]).len(),
+            2
+        );
+        assert_eq!(
+            changed_rows(&mut seen, vec![row(0, 1), row(60_000, 2)]),
+            vec![row(60_000, 2)]
+        );
+        // The first window left the answer (retention): it is forgotten.
+        assert!(changed_rows(&mut seen, vec![row(60_000, 2)]).is_empty());
+        assert_eq!(seen.len(), 1);
     }
 }
