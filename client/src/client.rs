@@ -184,18 +184,20 @@ impl Client {
                 cluster: RwLock::new(Cluster::default()),
             }),
         };
-        if client.inner.config.credentials.is_some() {
-            let expires_ms = client.login().await?;
+        if client.inner.config.credentials.is_some()
+            && let Some(expires_ms) = client.login().await?
+        {
             tokio::spawn(renew_login(Arc::downgrade(&client.inner), expires_ms));
         }
         client.refresh(&[]).await?;
         Ok(client)
     }
 
-    /// Logs in with the configured credentials through any broker; the token's expiry.
-    async fn login(&self) -> Result<i64> {
+    /// Logs in with the configured credentials through any broker; the token's expiry, or
+    /// `None` when the cluster requires no login (the credentials are then not needed).
+    async fn login(&self) -> Result<Option<i64>> {
         let Some(credentials) = &self.inner.config.credentials else {
-            return Ok(i64::MAX);
+            return Ok(None);
         };
         let mut last = Error::InvalidConfig("no broker known".into());
         for address in self.candidates() {
@@ -217,10 +219,14 @@ impl Client {
                         .token
                         .write()
                         .unwrap_or_else(|p| p.into_inner()) = Some(header);
-                    return Ok(answer.expires_ms);
+                    return Ok(Some(answer.expires_ms));
                 }
                 Err(status) => {
                     let e = from_status(status);
+                    if e.code() == Some(crate::ErrorCode::InvalidArgument) {
+                        // "this cluster requires no login"
+                        return Ok(None);
+                    }
                     if !e.is_retriable() {
                         return Err(e);
                     }
@@ -612,7 +618,8 @@ async fn renew_login(inner: std::sync::Weak<Inner>, mut expires_ms: i64) {
         };
         let client = Client { inner };
         match client.login().await {
-            Ok(next) => expires_ms = next,
+            Ok(Some(next)) => expires_ms = next,
+            Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "renewing the login failed; retrying");
                 expires_ms = now + 10_000;

@@ -373,6 +373,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
+            peer_listen: "127.0.0.1:0".parse().unwrap(),
             http: None,
             data_dir: dir.path().to_path_buf(),
             ..Config::default()

@@ -20,7 +20,7 @@ fn tls(ca_pem: &str) -> ClientConfig {
 }
 
 /// t30: with a certificate and key, the client listener speaks TLS only: a client that
-/// trusts the CA produces and consumes; a plain-text client and one trusting another CA are
+/// trusts the CA produces and consumes (also with credentials the node does not need); a plain-text client and one trusting another CA are
 /// refused; a certificate that does not parse stops the node at start with the file named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t30_the_client_listener_speaks_tls_when_given_a_certificate() {
@@ -52,6 +52,19 @@ async fn t30_the_client_listener_speaks_tls_when_given_a_certificate() {
     let mut consumer = strata_tests::reader(&client, "private", [0], StartAt::Earliest).await;
     let record = strata_tests::next_record(&mut consumer).await;
     assert_eq!(record.value.as_deref(), Some(&b"over tls"[..]));
+
+    // Credentials given to a cluster that requires no login are not needed, not an error.
+    let with_credentials = ClientConfig {
+        credentials: Some(strata_client::Credentials {
+            user: "someone".into(),
+            password: "anything".into(),
+        }),
+        ..tls(ca.certificate_pem())
+    };
+    let anyone = Client::connect_with(&broker.address(), with_credentials)
+        .await
+        .unwrap();
+    assert_eq!(anyone.access().who_am_i().await.unwrap().user, "anonymous");
 
     let plain = ClientConfig {
         connect_timeout: std::time::Duration::from_secs(2),
