@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::result::{CommandResult, invalid};
 use super::state::ClusterState;
 use crate::auth::{AclRule, ScramCredential, UserRecord};
 
@@ -13,21 +14,6 @@ pub const TOKEN_SECRET_BYTES: usize = 32;
 pub const MAX_USERS: usize = 10_000;
 /// Most ACL rules in a cluster.
 pub const MAX_ACLS: usize = 100_000;
-
-/// What applying an access command answered (the controller's `CommandResult` carries it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum AccessResult {
-    /// Done.
-    Ok,
-    /// A user of that name exists.
-    UserExists,
-    /// No user of that name.
-    UnknownUser,
-    /// No such rule.
-    UnknownAcl,
-    /// A limit would be exceeded.
-    Invalid(String),
-}
 
 /// A change to users, ACLs or the token secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,14 +87,14 @@ impl AccessCommand {
 
 impl ClusterState {
     /// Applies an access command (checked already).
-    pub(super) fn apply_access(&mut self, command: AccessCommand) -> AccessResult {
+    pub(super) fn apply_access(&mut self, command: AccessCommand) -> CommandResult {
         match command {
             AccessCommand::CreateUser { name, credential } => {
                 if self.users.contains_key(&name) {
-                    return AccessResult::UserExists;
+                    return CommandResult::UserExists;
                 }
                 if self.users.len() >= MAX_USERS {
-                    return AccessResult::Invalid(format!(
+                    return invalid(format!(
                         "the cluster has {MAX_USERS} users, the most it takes"
                     ));
                 }
@@ -120,44 +106,44 @@ impl ClusterState {
                         generation,
                     },
                 );
-                AccessResult::Ok
+                CommandResult::Ok
             }
             AccessCommand::SetCredential { name, credential } => {
                 let generation = self.next_user_generation();
                 let Some(user) = self.users.get_mut(&name) else {
-                    return AccessResult::UnknownUser;
+                    return CommandResult::UnknownUser;
                 };
                 *user = UserRecord {
                     credential,
                     generation,
                 };
-                AccessResult::Ok
+                CommandResult::Ok
             }
             AccessCommand::DeleteUser { name } => match self.users.remove(&name) {
-                Some(_) => AccessResult::Ok,
-                None => AccessResult::UnknownUser,
+                Some(_) => CommandResult::Ok,
+                None => CommandResult::UnknownUser,
             },
             AccessCommand::AddAcl { rule } => {
                 if self.acls.len() >= MAX_ACLS && !self.acls.contains(&rule) {
-                    return AccessResult::Invalid(format!(
+                    return invalid(format!(
                         "the cluster has {MAX_ACLS} ACL rules, the most it takes"
                     ));
                 }
                 self.acls.insert(rule);
-                AccessResult::Ok
+                CommandResult::Ok
             }
             AccessCommand::RemoveAcl { rule } => {
                 if self.acls.remove(&rule) {
-                    AccessResult::Ok
+                    CommandResult::Ok
                 } else {
-                    AccessResult::UnknownAcl
+                    CommandResult::UnknownAcl
                 }
             }
             AccessCommand::SetTokenSecret { secret } => {
                 if self.token_secret.is_none() {
                     self.token_secret = Some(secret);
                 }
-                AccessResult::Ok
+                CommandResult::Ok
             }
         }
     }
@@ -195,7 +181,7 @@ impl ClusterState {
 mod tests {
     use super::*;
     use crate::auth::{Operation, ResourceKind};
-    use crate::controller::{Command, CommandResult};
+    use crate::controller::Command;
 
     fn credential() -> ScramCredential {
         ScramCredential::new("pw").unwrap()

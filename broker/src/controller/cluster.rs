@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use strata_storage::{LogConfig, PartitionLog};
 use tokio::sync::watch;
 
-use super::command::{Command, CommandResult};
+use super::command::Command;
 use super::machine::ControllerMachine;
+use super::result::CommandResult;
 use super::state::ClusterState;
 use crate::error::{Error, Result};
 use crate::raft::{

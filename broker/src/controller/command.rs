@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use strata_storage::RecordBatch;
 
-use super::access::{AccessCommand, AccessResult};
+use super::access::AccessCommand;
+use super::result::{CommandResult, invalid};
 use super::state::{AggregationMeta, ClusterState, EmitProgress, NodeInfo, TopicMeta};
 use super::topic::TopicConfig;
 
@@ -81,56 +82,6 @@ pub enum Command {
     },
 }
 
-/// What applying a command answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum CommandResult {
-    /// Done.
-    Ok,
-    /// The topic was created with this id.
-    TopicCreated {
-        /// Its id.
-        id: u32,
-    },
-    /// An allocated producer id.
-    ProducerId {
-        /// The id.
-        id: i64,
-    },
-    /// A topic of that name exists.
-    TopicExists,
-    /// The aggregation was defined with this id.
-    AggregationCreated {
-        /// Its id.
-        id: u64,
-    },
-    /// An aggregation of that name exists.
-    AggregationExists,
-    /// No aggregation of that name.
-    UnknownAggregation,
-    /// No topic of that name.
-    UnknownTopic,
-    /// A user of that name exists.
-    UserExists,
-    /// No user of that name.
-    UnknownUser,
-    /// No such ACL rule.
-    UnknownAcl,
-    /// The command breaks a rule.
-    Invalid {
-        /// Which.
-        message: String,
-    },
-}
-
-impl CommandResult {
-    /// The error for an answer the command cannot give (a bug, or nodes of different
-    /// versions).
-    pub fn unexpected(self) -> crate::error::Error {
-        crate::error::Error::UnexpectedAnswer(format!("{self:?}"))
-    }
-}
-
 impl Command {
     /// The command as a one-record batch.
     pub fn to_batch(&self) -> Result<RecordBatch, String> {
@@ -140,12 +91,6 @@ impl Command {
     pub(super) fn from_batch(batch: &RecordBatch) -> Result<Command, String> {
         let record = batch.records().next().ok_or("empty command batch")?;
         serde_json::from_slice(record.value.unwrap_or_default()).map_err(|e| e.to_string())
-    }
-}
-
-pub(super) fn invalid(message: impl Into<String>) -> CommandResult {
-    CommandResult::Invalid {
-        message: message.into(),
     }
 }
 
@@ -286,13 +231,7 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
-            Command::Access(access) => match self.apply_access(access) {
-                AccessResult::Ok => CommandResult::Ok,
-                AccessResult::UserExists => CommandResult::UserExists,
-                AccessResult::UnknownUser => CommandResult::UnknownUser,
-                AccessResult::UnknownAcl => CommandResult::UnknownAcl,
-                AccessResult::Invalid(message) => invalid(message),
-            },
+            Command::Access(access) => self.apply_access(access),
             Command::AggregationEmitted {
                 id,
                 partition,

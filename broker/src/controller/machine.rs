@@ -8,7 +8,8 @@ use std::sync::Arc;
 use strata_storage::RecordBatch;
 use tokio::sync::watch;
 
-use super::command::{Command, invalid};
+use super::command::Command;
+use super::result::invalid;
 use super::state::ClusterState;
 use crate::raft::{Applied, Machine, Position};
 

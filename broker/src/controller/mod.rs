@@ -6,7 +6,7 @@
 //! - `state`: the metadata records: nodes, topics and their replica assignments, producer
 //!   ids, group offsets, aggregations and their output progress;
 //! - `topic`: a topic's settings ([`TopicConfig`], [`SearchSettings`]);
-//! - `command`: [`Command`], [`CommandResult`] and `ClusterState::apply`;
+//! - `command`: [`Command`] and `ClusterState::apply`; `result`: [`CommandResult`];
 //! - `access`: users, ACL rules and the token secret: their commands and rules;
 //! - `validate`: the rules every command is checked against when applied, and a whole
 //!   state when a snapshot brings it;
@@ -21,12 +21,14 @@ mod access;
 mod cluster;
 mod command;
 mod machine;
+mod result;
 mod state;
 mod topic;
 mod validate;
 
 pub use access::{AccessCommand, TOKEN_SECRET_BYTES};
 pub use cluster::{Cluster, ProposeError};
-pub use command::{Command, CommandResult};
+pub use command::Command;
+pub use result::CommandResult;
 pub use state::{AggregationMeta, ClusterState, EmitProgress, NodeInfo, TopicMeta};
 pub use topic::{MAX_PARTITIONS, SearchSettings, TopicConfig};

@@ -71,6 +71,21 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::Config(format!("cannot read the {what} {}: {e}", path.display())))
 }
 
+fn not_pem(path: &Path, what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Config(format!("{} is not a PEM {what}: {e}", path.display()))
+}
+
+/// The identity in a certificate and a key file, each checked to parse (so that a bad file
+/// fails the start, not the first connection), and the certificate itself.
+fn load_identity(cert: &Path, key: &Path) -> Result<(Identity, CertificateDer<'static>)> {
+    let cert_pem = read(cert, "certificate")?;
+    let key_pem = read(key, "private key")?;
+    let own =
+        CertificateDer::from_pem_slice(&cert_pem).map_err(|e| not_pem(cert, "certificate", &e))?;
+    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| not_pem(key, "private key", &e))?;
+    Ok((Identity::from_pem(cert_pem, key_pem), own))
+}
+
 /// A node's peer TLS material, loaded and checked.
 #[derive(Clone)]
 pub struct PeerTls {
@@ -90,17 +105,10 @@ impl PeerTls {
     /// connection.
     pub fn load(files: &TlsFiles, node_id: u64) -> Result<PeerTls> {
         let ca = read(&files.ca, "CA certificate")?;
-        let cert = read(&files.cert, "certificate")?;
-        let key = read(&files.key, "private key")?;
-        let bad = |path: &Path, what: &str, e: &dyn std::fmt::Display| {
-            Error::Config(format!("{} is not a PEM {what}: {e}", path.display()))
-        };
         if CertificateDer::pem_slice_iter(&ca).next().is_none() {
-            return Err(bad(&files.ca, "certificate", &"no certificate in it"));
+            return Err(not_pem(&files.ca, "certificate", &"no certificate in it"));
         }
-        let own = CertificateDer::from_pem_slice(&cert)
-            .map_err(|e| bad(&files.cert, "certificate", &e))?;
-        PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad(&files.key, "private key", &e))?;
+        let (identity, own) = load_identity(&files.cert, &files.key)?;
         if node_of(&own, &[node_id]).is_none() {
             return Err(Error::Config(format!(
                 "the certificate {} does not name this node: it needs the DNS name {} \
@@ -111,7 +119,7 @@ impl PeerTls {
         }
         Ok(PeerTls {
             ca: Certificate::from_pem(ca),
-            identity: Identity::from_pem(cert, key),
+            identity,
         })
     }
 
@@ -139,14 +147,9 @@ impl PeerTls {
 /// The client listener's TLS configuration from its certificate and key files (checked to
 /// parse, so that a bad file fails the start).
 pub fn client_listener(cert: &Path, key: &Path) -> Result<ServerTlsConfig> {
-    let cert_pem = read(cert, "certificate")?;
-    let key_pem = read(key, "private key")?;
-    CertificateDer::from_pem_slice(&cert_pem)
-        .map_err(|e| Error::Config(format!("{} is not a PEM certificate: {e}", cert.display())))?;
-    PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| Error::Config(format!("{} is not a PEM private key: {e}", key.display())))?;
+    let (identity, _) = load_identity(cert, key)?;
     Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
+        .identity(identity)
         .ignore_client_order(true)
         .timeout(HANDSHAKE_TIMEOUT))
 }

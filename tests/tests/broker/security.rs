@@ -110,6 +110,25 @@ async fn login(broker: &TestBroker, user: &str, password: &str) -> strata_client
     Client::connect_with(&broker.address(), config).await
 }
 
+/// A node that requires a login, and its bootstrap superuser `admin` (password `root
+/// secret`, read from a file whose trailing newline is not part of it) logged in.
+async fn requiring_logins() -> (TestBroker, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin-password");
+    std::fs::write(&password_file, "root secret\n").unwrap();
+    let broker = TestBroker::start_with(|c| {
+        c.auth = Some(strata_broker::config::AuthMode::Required);
+        c.superusers = vec!["admin".into()];
+        c.bootstrap_password_file = Some(password_file.clone());
+    })
+    .await;
+    let admin = eventually(WAIT, "the bootstrap superuser", async || {
+        login(&broker, "admin", "root secret").await.ok()
+    })
+    .await;
+    (broker, admin)
+}
+
 /// Asserts that `result` is a permission denial naming `missing`.
 #[track_caller]
 fn denied<T: std::fmt::Debug>(result: strata_client::Result<T>, missing: &str) {
@@ -132,19 +151,7 @@ fn allow(principal: &str, resource: &str, name: &str, operation: &str) -> AclRul
 /// may read; a new password or a deleted user ends the old tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t31_users_log_in_and_acls_decide_every_operation() {
-    let dir = tempfile::tempdir().unwrap();
-    let password_file = dir.path().join("admin-password");
-    std::fs::write(&password_file, "root secret\n").unwrap();
-    let broker = TestBroker::start_with(|c| {
-        c.auth = Some(strata_broker::config::AuthMode::Required);
-        c.superusers = vec!["admin".into()];
-        c.bootstrap_password_file = Some(password_file.clone());
-    })
-    .await;
-    let admin = eventually(WAIT, "the bootstrap superuser", async || {
-        login(&broker, "admin", "root secret").await.ok()
-    })
-    .await;
+    let (broker, admin) = requiring_logins().await;
 
     // No login, a wrong password, an unknown user.
     let anonymous = Client::connect(&broker.address()).await.unwrap_err();
@@ -412,19 +419,7 @@ fn as_user<T>(token: &str, message: T) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t32_producer_ids_belong_to_the_user_they_were_issued_to() {
     use strata_proto::v1;
-    let dir = tempfile::tempdir().unwrap();
-    let password_file = dir.path().join("admin-password");
-    std::fs::write(&password_file, "root secret").unwrap();
-    let broker = TestBroker::start_with(|c| {
-        c.auth = Some(strata_broker::config::AuthMode::Required);
-        c.superusers = vec!["admin".into()];
-        c.bootstrap_password_file = Some(password_file.clone());
-    })
-    .await;
-    let admin = eventually(WAIT, "the bootstrap superuser", async || {
-        login(&broker, "admin", "root secret").await.ok()
-    })
-    .await;
+    let (broker, admin) = requiring_logins().await;
     admin
         .admin()
         .create_topic("shared", TopicSpec::partitions(1))
@@ -489,19 +484,7 @@ async fn t32_producer_ids_belong_to_the_user_they_were_issued_to() {
 /// no client creates a topic whose name starts with `_`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t33_refusals_and_changes_are_audited_for_superusers_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let password_file = dir.path().join("admin-password");
-    std::fs::write(&password_file, "root secret").unwrap();
-    let broker = TestBroker::start_with(|c| {
-        c.auth = Some(strata_broker::config::AuthMode::Required);
-        c.superusers = vec!["admin".into()];
-        c.bootstrap_password_file = Some(password_file.clone());
-    })
-    .await;
-    let admin = eventually(WAIT, "the bootstrap superuser", async || {
-        login(&broker, "admin", "root secret").await.ok()
-    })
-    .await;
+    let (broker, admin) = requiring_logins().await;
     assert!(login(&broker, "admin", "guess").await.is_err());
     admin
         .admin()

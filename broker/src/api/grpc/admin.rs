@@ -285,13 +285,7 @@ impl v1::metadata_server::Metadata for Api {
         } else {
             let mut named = Vec::new();
             for t in &request.topics {
-                if !describable(t) {
-                    return Err(Error::PermissionDenied(format!(
-                        "user `{}` lacks describe on topic `{t}`",
-                        caller.name()
-                    ))
-                    .into());
-                }
+                self.require(&caller, ResourceKind::Topic, t, Operation::Describe)?;
                 named.push(self.node.topics.get(t)?);
             }
             named

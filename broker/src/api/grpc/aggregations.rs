@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use crate::agg::Selection;
 use crate::agg::def::{AggregationDef, DEFAULT_RETAIN_MS, GroupBy, Measure, TimeSource, Window};
-use crate::auth::{Operation, Permission, ResourceKind};
+use crate::auth::{Operation, ResourceKind};
 use crate::error::Error;
 use crate::tls::PeerCaller;
 
@@ -109,14 +109,6 @@ fn changed_rows(seen: &mut Seen, rows: Vec<v1::AggregationRow>) -> Vec<v1::Aggre
     changed
 }
 
-fn need(resource: ResourceKind, name: &str, operation: Operation) -> Permission<'_> {
-    Permission {
-        resource,
-        name,
-        operation,
-    }
-}
-
 impl Api {
     /// A query or watch of an aggregation needs read on its source topic.
     fn may_read_source<T>(&self, request: &Request<T>, aggregation: &str) -> Result<(), Error> {
@@ -138,19 +130,19 @@ impl v1::aggregations_server::Aggregations for Api {
             .into_inner()
             .spec
             .ok_or_else(|| Error::InvalidArgument("no aggregation spec".into()))?;
-        let auth = &self.node.auth;
-        auth.check(
+        self.require(
             &caller,
-            need(ResourceKind::Aggregation, &spec.name, Operation::Create),
+            ResourceKind::Aggregation,
+            &spec.name,
+            Operation::Create,
         )?;
-        auth.check(
-            &caller,
-            need(ResourceKind::Topic, &spec.topic, Operation::Read),
-        )?;
+        self.require(&caller, ResourceKind::Topic, &spec.topic, Operation::Read)?;
         if !spec.emit_to.is_empty() {
-            auth.check(
+            self.require(
                 &caller,
-                need(ResourceKind::Topic, &spec.emit_to, Operation::Write),
+                ResourceKind::Topic,
+                &spec.emit_to,
+                Operation::Write,
             )?;
         }
         let resource = format!("aggregation `{}`", spec.name);

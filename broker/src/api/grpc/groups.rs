@@ -7,7 +7,7 @@ use strata_proto::v1;
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use crate::auth::{Operation, Permission, ResourceKind};
+use crate::auth::{Operation, ResourceKind};
 use crate::groups::{JoinRequest, assign::Assignment};
 
 fn to_proto(assignment: &Assignment) -> Vec<v1::TopicPartitions> {
@@ -29,14 +29,7 @@ impl v1::groups_server::Groups for Api {
         let group = &request.get_ref().group;
         let caller = self.allow(&request, ResourceKind::Group, group, Operation::Read)?;
         for topic in &request.get_ref().topics {
-            self.node.auth.check(
-                &caller,
-                Permission {
-                    resource: ResourceKind::Topic,
-                    name: topic,
-                    operation: Operation::Read,
-                },
-            )?;
+            self.require(&caller, ResourceKind::Topic, topic, Operation::Read)?;
         }
         self.node.groups.check_coordinator()?;
         let r = request.into_inner();
@@ -95,14 +88,7 @@ impl v1::groups_server::Groups for Api {
         let group = &request.get_ref().group;
         let caller = self.allow(&request, ResourceKind::Group, group, Operation::Read)?;
         for o in &request.get_ref().offsets {
-            self.node.auth.check(
-                &caller,
-                Permission {
-                    resource: ResourceKind::Topic,
-                    name: &o.topic,
-                    operation: Operation::Read,
-                },
-            )?;
+            self.require(&caller, ResourceKind::Topic, &o.topic, Operation::Read)?;
         }
         self.node.groups.check_coordinator()?;
         let r = request.into_inner();

@@ -65,15 +65,25 @@ impl Api {
         operation: Operation,
     ) -> Result<Principal, Error> {
         let caller = self.caller(request)?;
-        self.node.auth.check(
-            &caller,
-            Permission {
-                resource,
-                name,
-                operation,
-            },
-        )?;
+        self.require(&caller, resource, name, operation)?;
         Ok(caller)
+    }
+
+    /// `Ok` if `caller` may do `operation` on `resource` `name`; else `PERMISSION_DENIED`
+    /// naming what it lacks (and an audit record).
+    fn require(
+        &self,
+        caller: &Principal,
+        resource: ResourceKind,
+        name: &str,
+        operation: Operation,
+    ) -> Result<(), Error> {
+        let permission = Permission {
+            resource,
+            name,
+            operation,
+        };
+        self.node.auth.check(caller, permission)
     }
 
     /// Whether `caller` may do `operation` on `resource` `name` (for filtering lists).
