@@ -206,6 +206,10 @@ pub struct Config {
     pub max_topics: u32,
     /// Most aggregations on one topic (each folds every record produced to it).
     pub max_aggregations_per_topic: u32,
+    /// How long (ms) an idempotent producer may be idle before a partition forgets it, as
+    /// Kafka's `producer.id.expiration.ms`; measured on the partition's record timestamps, so
+    /// set it alike on every node.
+    pub producer_expiry_ms: u64,
     /// HTTP/2 streams (concurrent calls) one client connection may open.
     pub max_streams_per_connection: u32,
     /// Bounds on consumer-group session time-outs.
@@ -252,6 +256,7 @@ impl Default for Config {
             max_partitions_per_node: 2_000,
             max_topics: 1_000,
             max_aggregations_per_topic: 32,
+            producer_expiry_ms: 86_400_000,
             max_streams_per_connection: 1_024,
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
@@ -295,10 +300,11 @@ impl Config {
         if self.max_in_flight_per_connection == 0
             || self.max_streams_per_connection == 0
             || self.max_aggregations_per_topic == 0
+            || self.producer_expiry_ms == 0
         {
             return fail(
-                "max_in_flight_per_connection, max_streams_per_connection and \
-                 max_aggregations_per_topic must be at least 1"
+                "max_in_flight_per_connection, max_streams_per_connection, \
+                 max_aggregations_per_topic and producer_expiry_ms must be at least 1"
                     .into(),
             );
         }

@@ -209,6 +209,7 @@ impl Metrics {
         let partitions = Gauge::<i64>::default();
         let log_bytes = Family::<PartitionLabel, Gauge>::default();
         let high_watermark = Family::<PartitionLabel, Gauge>::default();
+        let producers = Family::<PartitionLabel, Gauge>::default();
         let lag = Family::<GroupLabel, Gauge>::default();
         let [agg_events, agg_late, agg_skipped] =
             std::array::from_fn(|_| Family::<AggregationLabel, Counter>::default());
@@ -231,6 +232,9 @@ impl Metrics {
                 high_watermark
                     .get_or_create(&label)
                     .set(p.high_watermark() as i64);
+                producers
+                    .get_or_create(&label)
+                    .set(p.idempotent_producers() as i64);
                 if let Some(index) = p.search() {
                     use std::sync::atomic::Ordering::Relaxed;
                     let c = &index.counters;
@@ -296,6 +300,11 @@ impl Metrics {
             "high_watermark",
             "Offset after the last readable record",
             high_watermark,
+        );
+        scrape.register(
+            "idempotent_producers",
+            "Idempotent producers a partition replica remembers (forgotten after producer_expiry_ms idle)",
+            producers,
         );
         scrape.register("group_lag", "Records a group has not committed yet", lag);
         scrape.register(

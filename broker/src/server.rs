@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::groups::Coordinator;
 use crate::node::{Addresses, Node};
 use crate::raft::{RaftEnv, RaftService, RaftTuning, Router};
+use crate::replica::ReplicaSettings;
 use crate::tls::{PeerGate, PeerTls};
 use crate::topics::{TopicLimits, Topics};
 
@@ -155,7 +156,10 @@ impl Broker {
             &config.data_dir,
             limits,
             env.clone(),
-            log_config,
+            ReplicaSettings {
+                log: log_config,
+                producer_expiry_ms: config.producer_expiry_ms,
+            },
             cluster.state(),
         )?);
         topics.reconcile().await?;

@@ -15,13 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use strata_storage::LogConfig;
 use tokio::sync::watch;
 
 use crate::controller::{Cluster, ClusterState, Command, CommandResult, TopicConfig, TopicMeta};
 use crate::error::{Error, Result};
 use crate::raft::RaftEnv;
-use crate::replica::{Partition, ReplicaOf};
+use crate::replica::{Partition, ReplicaOf, ReplicaSettings};
 
 /// How often leadership is checked against the preferred replicas.
 const LEADER_BALANCE: Duration = Duration::from_secs(5);
@@ -130,7 +129,7 @@ pub struct Topics {
     root: PathBuf,
     limits: TopicLimits,
     env: RaftEnv,
-    log_config: LogConfig,
+    replica: ReplicaSettings,
     cluster: watch::Receiver<Arc<ClusterState>>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// One reconciliation at a time.
@@ -154,7 +153,7 @@ impl Topics {
         data_dir: &Path,
         limits: TopicLimits,
         env: RaftEnv,
-        log_config: LogConfig,
+        replica: ReplicaSettings,
         cluster: watch::Receiver<Arc<ClusterState>>,
     ) -> Result<Topics> {
         let root = data_dir.join("topics");
@@ -164,7 +163,7 @@ impl Topics {
             root,
             limits,
             env,
-            log_config,
+            replica,
             cluster,
             topics: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
@@ -345,7 +344,7 @@ impl Topics {
                 &self.env,
                 &dir.join(p.to_string()),
                 of,
-                self.log_config.clone(),
+                &self.replica,
                 &meta.config.search,
                 self.cluster.clone(),
             )

@@ -19,7 +19,7 @@ Settings come from, in increasing precedence: built-in defaults, the TOML file g
 --config (keys named like the long flags, with underscores: node_id, listen, peer_listen, http, data_dir, \
 fsync, segment_bytes, max_batch_bytes, max_request_bytes, max_in_flight_per_connection, \
 produce_timeout_ms, max_timestamp_ahead_ms, max_timestamp_behind_ms, retention_check_ms, \
-max_partitions_per_node, max_topics, max_aggregations_per_topic, max_streams_per_connection, \
+max_partitions_per_node, max_topics, max_aggregations_per_topic, producer_expiry_ms, max_streams_per_connection, \
 group_min_session_timeout_ms, \
 group_max_session_timeout_ms, peers, advertise, raft_heartbeat_ms, \
 raft_election_timeout_ms, tls_cert, tls_key, insecure_clients, auth, superusers, \

@@ -4,14 +4,13 @@
 //! the high watermark went out. That state, small JSON, is the whole snapshot; a replica
 //! behind the retention point installs it and continues from the leader's log start.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use strata_storage::{PartitionLog, RecordBatch};
 
-use super::producers::{ProducerState, ProducerTable};
+use super::producers::{ProducerTable, ProducersSnapshot};
 use super::watermark::HighWatermark;
 use crate::agg::{Control, PartitionAggs};
 use crate::lock::lock;
@@ -21,7 +20,8 @@ use crate::raft::{Applied, Machine, Position};
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PartitionSnapshot {
     position: Position,
-    producers: BTreeMap<i64, ProducerState>,
+    #[serde(flatten)]
+    producers: ProducersSnapshot,
     #[serde(default)]
     aggs: PartitionAggs,
 }
@@ -81,7 +81,7 @@ impl Machine for ReplicaMachine {
     fn snapshot(&self, position: &Position) -> Vec<u8> {
         let snapshot = PartitionSnapshot {
             position: position.clone(),
-            producers: lock(&self.producers).applied().clone(),
+            producers: lock(&self.producers).snapshot(),
             aggs: lock(&self.aggs).clone(),
         };
         // The state holds only finite numbers (aggregations refuse larger ones), strings and
@@ -146,7 +146,7 @@ mod tests {
     async fn openraft_storage_conformance_suite() {
         crate::raft::tests::conformance_suite(|_dir, log| {
             Box::new(ReplicaMachine {
-                producers: Arc::default(),
+                producers: Arc::new(Mutex::new(ProducerTable::new(60_000))),
                 aggs: Arc::default(),
                 high_watermark: HighWatermark::default(),
                 log,

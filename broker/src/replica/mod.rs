@@ -40,7 +40,7 @@ use crate::raft::{Group, GroupId, GroupStatus};
 use crate::search::PartitionIndex;
 
 pub use self::intake::ProduceRules;
-pub use self::open::ReplicaOf;
+pub use self::open::{ReplicaOf, ReplicaSettings};
 pub use self::producers::{PRODUCER_WINDOW, ProducerState, SeqCheck, SeqRange};
 pub use self::watermark::HighWatermark;
 
@@ -214,6 +214,11 @@ impl Partition {
             bytes: segments.iter().map(|s| s.bytes).sum(),
             segments: segments.len() as u32,
         })
+    }
+
+    /// Idempotent producers the replica remembers.
+    pub fn idempotent_producers(&self) -> usize {
+        lock(&self.producers).len()
     }
 
     /// Bytes of the log (cheap: the active segment plus what sealed segments report).

@@ -17,6 +17,15 @@ use crate::error::Result;
 use crate::raft::{Group, RaftEnv, open_log, partition_group};
 use crate::search::PartitionIndex;
 
+/// How this node keeps its replicas.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// The logs' settings.
+    pub log: LogConfig,
+    /// How long (ms of a partition's record clock) an idle idempotent producer is remembered.
+    pub producer_expiry_ms: u64,
+}
+
 /// Which partition a replica is of.
 #[derive(Debug, Clone)]
 pub struct ReplicaOf {
@@ -38,7 +47,7 @@ impl Partition {
         env: &RaftEnv,
         dir: &Path,
         of: ReplicaOf,
-        log_config: LogConfig,
+        settings: &ReplicaSettings,
         search: &SearchSettings,
         cluster: watch::Receiver<Arc<ClusterState>>,
     ) -> Result<Partition> {
@@ -48,9 +57,9 @@ impl Partition {
             partition: id,
             replicas,
         } = of;
-        let log = open_log(dir, log_config, &topic, id).await?;
+        let log = open_log(dir, settings.log.clone(), &topic, id).await?;
         let high_watermark = HighWatermark::default();
-        let producers = Arc::new(Mutex::new(ProducerTable::default()));
+        let producers = Arc::new(Mutex::new(ProducerTable::new(settings.producer_expiry_ms)));
         let aggs = Arc::new(Mutex::new(PartitionAggs::default()));
         let machine = ReplicaMachine {
             producers: producers.clone(),

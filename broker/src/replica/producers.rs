@@ -3,6 +3,12 @@
 //! (replicated state, carried in snapshots) and, on the leader, the batches proposed and not
 //! answered yet. A retry is answered with its original's offsets, from either, instead of
 //! being written twice; a gap or an older epoch is refused.
+//!
+//! A producer idle for longer than the expiry is forgotten, as Kafka's
+//! `producer.id.expiration.ms` does. Idle is measured on the partition's own clock, the
+//! newest record timestamp applied, not on a node's wall clock: every replica applies the same
+//! batches, so every replica forgets the same producers at the same batch, and a replica that
+//! installs a snapshot (which carries the clock) continues exactly as the others.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -34,6 +40,38 @@ pub struct ProducerState {
     pub epoch: i16,
     /// Its last batches, oldest first.
     pub batches: VecDeque<SeqRange>,
+    /// The partition's clock (ms) when it last wrote. Snapshots taken before expiry existed
+    /// lack it: such a producer counts as seen at the next sweep.
+    #[serde(default = "seen_at_next_sweep")]
+    pub last_seen: i64,
+}
+
+fn seen_at_next_sweep() -> i64 {
+    i64::MAX
+}
+
+fn clock_unknown() -> i64 {
+    i64::MIN
+}
+
+/// A partition's idempotent producers as its snapshot carries them (field names are the
+/// format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducersSnapshot {
+    /// By producer id.
+    pub producers: BTreeMap<i64, ProducerState>,
+    /// The partition's clock: the newest record timestamp applied (ms).
+    #[serde(rename = "producer_clock", default = "clock_unknown")]
+    pub clock: i64,
+}
+
+impl Default for ProducersSnapshot {
+    fn default() -> Self {
+        ProducersSnapshot {
+            producers: BTreeMap::new(),
+            clock: clock_unknown(),
+        }
+    }
 }
 
 /// How a batch's sequence numbers relate to what the partition has.
@@ -140,10 +178,13 @@ pub(super) struct Plan {
 }
 
 /// The idempotent producers of a partition replica (see the module's documentation).
-#[derive(Default)]
 pub(super) struct ProducerTable {
     /// Applied batches by producer id.
     applied: BTreeMap<i64, ProducerState>,
+    /// The newest record timestamp applied (ms): the clock idleness is measured on.
+    clock: i64,
+    /// How long (ms of that clock) a producer may be idle before it is forgotten.
+    expiry_ms: i64,
     /// Batches this leader proposed whose outcome is not known yet, by producer. An entry
     /// stays until Raft answers (committed, or discarded by a leader change), even when the
     /// request that proposed it gave up waiting: a retry must find it, not propose it again.
@@ -151,8 +192,22 @@ pub(super) struct ProducerTable {
 }
 
 impl ProducerTable {
-    /// Remembers an applied data batch written at `base_offset`.
+    /// An empty table that forgets producers idle for `expiry_ms`.
+    pub(super) fn new(expiry_ms: u64) -> ProducerTable {
+        ProducerTable {
+            applied: BTreeMap::new(),
+            clock: i64::MIN,
+            expiry_ms: i64::try_from(expiry_ms).unwrap_or(i64::MAX).max(1),
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// Remembers an applied data batch written at `base_offset`, moves the partition's clock
+    /// to its newest timestamp, and forgets the producers that clock finds idle.
     pub(super) fn record(&mut self, batch: &RecordBatch, base_offset: u64) {
+        let before = self.clock;
+        self.clock = self.clock.max(batch.max_timestamp());
+        self.expire(before);
         let (producer_id, epoch, base_seq, count) = (
             batch.producer_id(),
             batch.producer_epoch(),
@@ -163,6 +218,7 @@ impl ProducerTable {
             return;
         }
         let p = self.applied.entry(producer_id).or_default();
+        p.last_seen = self.clock;
         if epoch != p.epoch {
             p.epoch = epoch;
             p.batches.clear();
@@ -175,6 +231,23 @@ impl ProducerTable {
         while p.batches.len() > PRODUCER_WINDOW {
             p.batches.pop_front();
         }
+    }
+
+    /// Forgets the producers idle for longer than the expiry. The table is swept only when the
+    /// clock enters a new eighth of the expiry since `before`, so a producer is forgotten
+    /// between 1 and 1⅛ expiries after its last batch, at the same batch on every replica.
+    fn expire(&mut self, before: i64) {
+        let step = (self.expiry_ms / 8).max(1);
+        if before != i64::MIN && self.clock.div_euclid(step) == before.div_euclid(step) {
+            return;
+        }
+        let (clock, oldest) = (self.clock, self.clock.saturating_sub(self.expiry_ms));
+        self.applied.retain(|_, p| {
+            if p.last_seen == seen_at_next_sweep() {
+                p.last_seen = clock;
+            }
+            p.last_seen >= oldest
+        });
     }
 
     /// Checks a batch of `count` records from `producer_id` at `epoch`, first sequence
@@ -196,13 +269,22 @@ impl ProducerTable {
     }
 
     /// The applied state, for a snapshot.
-    pub(super) fn applied(&self) -> &BTreeMap<i64, ProducerState> {
-        &self.applied
+    pub(super) fn snapshot(&self) -> ProducersSnapshot {
+        ProducersSnapshot {
+            producers: self.applied.clone(),
+            clock: self.clock,
+        }
     }
 
     /// Replaces the applied state with a snapshot's.
-    pub(super) fn restore(&mut self, applied: BTreeMap<i64, ProducerState>) {
-        self.applied = applied;
+    pub(super) fn restore(&mut self, snapshot: ProducersSnapshot) {
+        self.applied = snapshot.producers;
+        self.clock = snapshot.clock;
+    }
+
+    /// How many producers the partition remembers.
+    pub(super) fn len(&self) -> usize {
+        self.applied.len()
     }
 
     /// Sorts `batches` of an append to `topic`/`partition` into known answers (retries of
@@ -366,17 +448,81 @@ mod tests {
 
     use super::*;
 
+    const DAY: u64 = 86_400_000;
+
     fn batch(producer: (i64, i16, i32), records: usize) -> RecordBatch {
+        batch_at(producer, records, 0)
+    }
+
+    /// A batch of `records` records stamped `timestamp` (ms).
+    fn batch_at(producer: (i64, i16, i32), records: usize, timestamp: i64) -> RecordBatch {
         let mut b = BatchBuilder::new().producer(producer.0, producer.1, producer.2);
-        for i in 0..records {
-            b.push(NewRecord::value(i as i64, b"v")).unwrap();
+        for _ in 0..records {
+            b.push(NewRecord::value(timestamp, b"v")).unwrap();
         }
         b.finish().unwrap()
     }
 
     #[test]
+    fn idle_producers_are_forgotten_on_the_partitions_clock_alike_on_every_replica() {
+        let t0 = 1_700_000_000_000;
+        // Producer 1 writes once; producer 2 keeps writing, hourly; plain batches move the
+        // clock too. Replica `b` installs `a`'s snapshot half-way and applies the rest.
+        let mut batches = vec![batch_at((1, 0, 0), 1, t0)];
+        for h in 0..30 {
+            batches.push(batch_at((2, 0, h), 1, t0 + i64::from(h) * 3_600_000));
+            batches.push(batch_at((-1, -1, -1), 1, t0 + i64::from(h) * 3_600_000 + 1));
+        }
+        let (mut a, mut b) = (ProducerTable::new(DAY), ProducerTable::new(DAY));
+        let mut lens = Vec::new();
+        for (i, batch) in batches.iter().enumerate() {
+            a.record(batch, i as u64);
+            if i == 20 {
+                let json = serde_json::to_vec(&a.snapshot()).unwrap();
+                b.restore(serde_json::from_slice(&json).unwrap());
+            } else if i > 20 {
+                b.record(batch, i as u64);
+                assert_eq!(
+                    a.snapshot(),
+                    b.snapshot(),
+                    "replicas differ after batch {i}"
+                );
+            }
+            lens.push(a.len());
+        }
+        // Remembered within one expiry of its only batch, forgotten by 1⅛ expiries.
+        assert_eq!(lens[2 * 24], 2, "forgotten before a day passed");
+        assert_eq!(lens[2 * 28], 1, "still remembered after 28 hours");
+        assert_eq!(a.check_applied(1, 0, 0, 1), SeqCheck::New);
+        assert_eq!(
+            a.check_applied(2, 0, 29, 1),
+            SeqCheck::Duplicate { base_offset: 59 }
+        );
+        // Old timestamps do not move the clock back, so nothing is forgotten early.
+        a.record(&batch_at((3, 0, 0), 1, 0), 61);
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_expiry_existed_still_restores() {
+        let old = r#"{"producers":{"7":{"epoch":0,"batches":[{"first_seq":0,"last_seq":0,"base_offset":4}]}}}"#;
+        let mut table = ProducerTable::new(DAY);
+        table.restore(serde_json::from_str(old).unwrap());
+        assert_eq!(
+            table.check_applied(7, 0, 0, 1),
+            SeqCheck::Duplicate { base_offset: 4 }
+        );
+        // Counted as seen at the first sweep, then kept for an expiry.
+        table.record(&batch_at((-1, -1, -1), 1, 1_000), 5);
+        table.record(&batch_at((-1, -1, -1), 1, 1_000 + DAY as i64 / 2), 6);
+        assert_eq!(table.len(), 1);
+        table.record(&batch_at((-1, -1, -1), 1, 1_000 + 2 * DAY as i64), 7);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
     fn applied_batches_answer_retries_and_refuse_gaps() {
-        let mut table = ProducerTable::default();
+        let mut table = ProducerTable::new(DAY);
         table.record(&batch((7, 1, 0), 3), 39);
         table.record(&batch((-1, -1, -1), 2), 42);
         assert_eq!(
@@ -392,15 +538,15 @@ mod tests {
             table.check_applied(7, 0, 3, 1),
             SeqCheck::Fenced { epoch: 1 }
         );
-        let json = serde_json::to_vec(table.applied()).unwrap();
-        let mut back = ProducerTable::default();
+        let json = serde_json::to_vec(&table.snapshot()).unwrap();
+        let mut back = ProducerTable::new(DAY);
         back.restore(serde_json::from_slice(&json).unwrap());
-        assert_eq!(back.applied(), table.applied());
+        assert_eq!(back.snapshot(), table.snapshot());
     }
 
     #[test]
     fn a_retry_of_a_batch_in_flight_waits_for_its_outcome() {
-        let mut table = ProducerTable::default();
+        let mut table = ProducerTable::new(DAY);
         let first = table.plan("t", 0, vec![batch((7, 0, 0), 2)]).unwrap();
         assert!(matches!(first.slots[..], [Slot::Propose(0)]));
         let retry = table.plan("t", 0, vec![batch((7, 0, 0), 2)]).unwrap();
