@@ -190,6 +190,9 @@ pub struct Config {
     pub max_request_bytes: u32,
     /// Requests a single connection may have in flight; more wait.
     pub max_in_flight_per_connection: usize,
+    /// Request bytes all client calls of the node may hold at once; a call past it is refused
+    /// (retriable) until others answer.
+    pub max_in_flight_request_bytes: u64,
     /// How long a produce waits for durability before answering TIMEOUT, by default.
     pub produce_timeout_ms: u64,
     /// How far (ms) a produced record's timestamp may be ahead of the broker's clock.
@@ -249,6 +252,7 @@ impl Default for Config {
             max_batch_bytes: 8 << 20,
             max_request_bytes: 64 << 20,
             max_in_flight_per_connection: 256,
+            max_in_flight_request_bytes: 256 << 20,
             produce_timeout_ms: 30_000,
             max_timestamp_ahead_ms: 3_600_000,
             max_timestamp_behind_ms: None,
@@ -295,6 +299,12 @@ impl Config {
             return fail(format!(
                 "max_request_bytes {} is below max_batch_bytes {}",
                 self.max_request_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.max_in_flight_request_bytes < u64::from(self.max_request_bytes) {
+            return fail(format!(
+                "max_in_flight_request_bytes {} is below max_request_bytes {}",
+                self.max_in_flight_request_bytes, self.max_request_bytes
             ));
         }
         if self.max_in_flight_per_connection == 0

@@ -43,6 +43,7 @@
 pub mod agg;
 mod api;
 pub mod auth;
+mod budget;
 pub mod config;
 pub mod controller;
 mod error;

@@ -89,6 +89,8 @@ pub struct NodeCounts {
     pub stopped_groups: usize,
     /// Audit events dropped.
     pub audit_dropped: u64,
+    /// Request bytes client calls hold.
+    pub in_flight_request_bytes: usize,
 }
 
 impl Metrics {
@@ -205,6 +207,13 @@ impl Metrics {
             "audit_dropped_events",
             "Audit events not written (queue full, or the audit topic unwritable)",
             audit_dropped,
+        );
+        let in_flight = Gauge::<i64>::default();
+        in_flight.set(node.in_flight_request_bytes as i64);
+        scrape.register(
+            "in_flight_request_bytes",
+            "Request bytes the node's client calls hold (bounded by max_in_flight_request_bytes)",
+            in_flight,
         );
         let partitions = Gauge::<i64>::default();
         let log_bytes = Family::<PartitionLabel, Gauge>::default();

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::agg::query::Aggregations;
 use crate::auth::audit::AuditLog;
 use crate::auth::gate::Authenticator;
+use crate::budget::RequestBudget;
 use crate::config::Config;
 use crate::controller::Cluster;
 use crate::groups::Coordinator;
@@ -34,6 +35,8 @@ pub struct Node {
     pub advertised: String,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// The request bytes its client calls may hold together.
+    pub request_budget: RequestBudget,
     /// The gRPC address it listens on.
     pub address: SocketAddr,
     /// The peer listener's address.
@@ -79,6 +82,7 @@ impl Node {
             config.superusers.clone(),
             std::time::Duration::from_millis(config.token_ttl_ms),
         ));
+        let request_budget = RequestBudget::new(config.max_in_flight_request_bytes);
         Node {
             config,
             aggregations,
@@ -89,6 +93,7 @@ impl Node {
             cluster,
             advertised: addresses.advertised,
             metrics: Arc::new(Metrics::new()),
+            request_budget,
             address: addresses.address,
             peer_address: addresses.peer_address,
             http_address: addresses.http_address,

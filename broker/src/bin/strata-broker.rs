@@ -18,6 +18,7 @@ use strata_broker::{Config, Fsync, process};
 Settings come from, in increasing precedence: built-in defaults, the TOML file given with \
 --config (keys named like the long flags, with underscores: node_id, listen, peer_listen, http, data_dir, \
 fsync, segment_bytes, max_batch_bytes, max_request_bytes, max_in_flight_per_connection, \
+max_in_flight_request_bytes, \
 produce_timeout_ms, max_timestamp_ahead_ms, max_timestamp_behind_ms, retention_check_ms, \
 max_partitions_per_node, max_topics, max_aggregations_per_topic, producer_expiry_ms, max_streams_per_connection, \
 group_min_session_timeout_ms, \

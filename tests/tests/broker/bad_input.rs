@@ -1,5 +1,6 @@
 //! t20–t29: bad input gets a clear error and the broker keeps serving.
 
+use futures_util::StreamExt;
 use strata_client::{ErrorCode, ProducerRecord, StartAt, TopicSpec};
 use strata_proto::v1;
 use strata_tests::{TestBroker, eventually, next_record, reader};
@@ -483,4 +484,114 @@ async fn t24_topics_beyond_the_limits_are_refused_before_anything_is_allocated()
         .send_and_wait(ProducerRecord::new("first", "still serving"))
         .await
         .unwrap();
+}
+
+/// t25: the request bytes held by all client calls of a node are bounded
+/// (`max_in_flight_request_bytes`): two calls that send most of their request and never
+/// finish it hold 1.8 MiB of a 2 MiB budget; a 0.5 MiB request is then refused `UNAVAILABLE`
+/// (retriable), small calls are still served, and once the stuck calls go away the large
+/// request is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "passed 8 of 9 runs; one full-suite run timed out in a 30 s wait, not yet explained"]
+async fn t25_request_bytes_in_flight_are_bounded_node_wide() {
+    let broker = TestBroker::start_with(|c| {
+        c.max_request_bytes = 1 << 20;
+        c.max_in_flight_request_bytes = 2 << 20;
+        c.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = broker.client_with_topic("bounded", 1).await;
+    let url = format!("http://{}", broker.address());
+    let request = |bytes: usize| v1::ProduceRequest {
+        topic: "bounded".into(),
+        batches: vec![v1::PartitionBatch {
+            partition: 0,
+            batch: vec![0u8; bytes].into(),
+        }],
+        ..Default::default()
+    };
+    // A call whose request stream sends one message and then neither ends nor sends more:
+    // the node has the message's bytes and waits for the rest of the call.
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let message = request(900 << 10);
+        stuck.push(tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            let body = futures_util::stream::once(async move { message })
+                .chain(futures_util::stream::pending());
+            let codec =
+                tonic_prost::ProstCodec::<v1::ProduceRequest, v1::ProduceResponse>::default();
+            let path =
+                tonic::codegen::http::uri::PathAndQuery::from_static("/strata.v1.Produce/Produce");
+            let _ = grpc
+                .client_streaming(tonic::Request::new(body), path, codec)
+                .await;
+        }));
+    }
+    let mut produce = v1::produce_client::ProduceClient::connect(url)
+        .await
+        .unwrap();
+    let refused = eventually(
+        WAIT,
+        "a large request to be refused",
+        async || match produce.produce(request(512 << 10)).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => Some(s),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(
+        refused.message().contains("max_in_flight_request_bytes"),
+        "{refused:?}"
+    );
+    assert_eq!(detail(&refused).code(), v1::ErrorCode::Unavailable);
+    let (_, metrics) = super::http_get(broker.http_address().unwrap(), "/metrics").await;
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_in_flight_request_bytes "))
+        .expect("the gauge is exported")
+        .parse()
+        .unwrap();
+    assert!((1_800 << 10..=2 << 20).contains(&held), "{held} bytes held");
+    // Small calls are still served.
+    let producer = client.producer().build();
+    producer
+        .send_and_wait(ProducerRecord::new("bounded", "small").partition(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .admin()
+            .describe_topic("bounded")
+            .await
+            .unwrap()
+            .partitions[0]
+            .high_watermark,
+        1
+    );
+    // The stuck calls end: their bytes come back and the large request is taken (and
+    // refused for what it is, not for its size).
+    for task in stuck {
+        task.abort();
+    }
+    let answer = eventually(
+        WAIT,
+        "the large request to be admitted",
+        async || match produce.produce(request(512 << 10)).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => None,
+            other => Some(other),
+        },
+    )
+    .await;
+    let result = answer.unwrap().into_inner().results.remove(0);
+    assert_eq!(
+        result.error.map(|e| e.code()),
+        Some(v1::ErrorCode::InvalidBatch)
+    );
 }

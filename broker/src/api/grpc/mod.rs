@@ -6,6 +6,7 @@ mod access;
 mod admin;
 mod aggregations;
 mod authn;
+mod budget;
 mod fetch;
 mod groups;
 mod health;
@@ -20,6 +21,7 @@ use strata_proto::v1;
 use tower_layer::Layer;
 
 use self::authn::Authn;
+use self::budget::Budget;
 use self::observe::Observe;
 use crate::auth::gate::Principal;
 use crate::auth::{Operation, Permission, ResourceKind};
@@ -137,15 +139,18 @@ fn record_count(batch: &[u8]) -> u64 {
     })
 }
 
-/// The layers of every client service: authenticated, then observed.
+/// The layers of every client service: authenticated, then held against the node's
+/// request budget, all observed.
 struct Guard {
     observe: Observe,
     authn: Authn,
+    budget: Budget,
 }
 
 impl Guard {
-    fn wrap<S>(&self, service: S) -> observe::Observed<authn::Authenticated<S>> {
-        self.observe.layer(self.authn.layer(service))
+    fn wrap<S>(&self, service: S) -> observe::Observed<authn::Authenticated<budget::Budgeted<S>>> {
+        self.observe
+            .layer(self.authn.layer(self.budget.layer(service)))
     }
 }
 
@@ -155,7 +160,12 @@ pub(crate) fn routes(node: &Arc<Node>) -> tonic::service::Routes {
     let api = Api::new(node.clone());
     let observe = Observe::new(node.metrics.clone());
     let authn = Authn::new(node.auth.clone());
-    let guard = Guard { observe, authn };
+    let budget = Budget::new(node.request_budget.clone());
+    let guard = Guard {
+        observe,
+        authn,
+        budget,
+    };
     let max_request = node.config.max_request_bytes as usize;
     tonic::service::Routes::new(guard.wrap(
         v1::produce_server::ProduceServer::new(api.clone()).max_decoding_message_size(max_request),

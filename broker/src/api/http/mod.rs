@@ -57,6 +57,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         let counts = crate::metrics::NodeCounts {
             stopped_groups: node.cluster.env().groups.stopped().len(),
             audit_dropped: node.auth.audit().dropped(),
+            in_flight_request_bytes: node.request_budget.in_use(),
         };
         node.metrics.render(&node.topics, &node.groups, counts)
     })
