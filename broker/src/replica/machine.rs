@@ -4,13 +4,14 @@
 //! the high watermark went out. That state, small JSON, is the whole snapshot; a replica
 //! behind the retention point installs it and continues from the leader's log start.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use strata_storage::{PartitionLog, RecordBatch};
 
-use super::producers::{ProducerTable, ProducersSnapshot};
+use super::producers::{ProducerState, ProducerTable, ProducersSnapshot, clock_unknown};
 use super::watermark::HighWatermark;
 use crate::agg::{Control, PartitionAggs};
 use crate::lock::lock;
@@ -20,8 +21,10 @@ use crate::raft::{Applied, Machine, Position};
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PartitionSnapshot {
     position: Position,
-    #[serde(flatten)]
-    producers: ProducersSnapshot,
+    // Not flattened: serde's flatten cannot read the map's integer keys back.
+    producers: BTreeMap<i64, ProducerState>,
+    #[serde(default = "clock_unknown")]
+    producer_clock: i64,
     #[serde(default)]
     aggs: PartitionAggs,
 }
@@ -79,9 +82,11 @@ impl Machine for ReplicaMachine {
     }
 
     fn snapshot(&self, position: &Position) -> Vec<u8> {
+        let ProducersSnapshot { producers, clock } = lock(&self.producers).snapshot();
         let snapshot = PartitionSnapshot {
             position: position.clone(),
-            producers: lock(&self.producers).snapshot(),
+            producers,
+            producer_clock: clock,
             aggs: lock(&self.aggs).clone(),
         };
         // The state holds only finite numbers (aggregations refuse larger ones), strings and
@@ -100,7 +105,10 @@ impl Machine for ReplicaMachine {
             )
         })?;
         *lock(&self.aggs) = snapshot.aggs;
-        lock(&self.producers).restore(snapshot.producers);
+        lock(&self.producers).restore(ProducersSnapshot {
+            producers: snapshot.producers,
+            clock: snapshot.producer_clock,
+        });
         // A snapshot past the log's end: openraft restarts the log after it next, and the
         // log store publishes the watermark then; until then reads stay below the old one.
         if self.log.state().next_offset >= position.next_offset {

@@ -50,7 +50,7 @@ fn seen_at_next_sweep() -> i64 {
     i64::MAX
 }
 
-fn clock_unknown() -> i64 {
+pub(super) fn clock_unknown() -> i64 {
     i64::MIN
 }
 
