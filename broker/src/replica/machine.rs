@@ -149,6 +149,20 @@ fn backfill(log: &PartitionLog, aggs: &mut PartitionAggs, id: u64, from: u64, to
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_snapshot_with_producers_reads_back() {
+        let mut producers = BTreeMap::new();
+        producers.insert(7, ProducerState::default());
+        let snapshot = PartitionSnapshot {
+            producers,
+            producer_clock: 42,
+            ..Default::default()
+        };
+        let back: PartitionSnapshot =
+            serde_json::from_slice(&serde_json::to_vec(&snapshot).unwrap()).unwrap();
+        assert_eq!((back.producers.len(), back.producer_clock), (1, 42));
+    }
+
     /// openraft's storage conformance suite with the real partition machine.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_storage_conformance_suite() {
