@@ -489,10 +489,9 @@ async fn t24_topics_beyond_the_limits_are_refused_before_anything_is_allocated()
 /// t25: the request bytes held by all client calls of a node are bounded
 /// (`max_in_flight_request_bytes`): two calls that send most of their request and never
 /// finish it hold 1.8 MiB of a 2 MiB budget; a 0.5 MiB request is then refused `UNAVAILABLE`
-/// (retriable), small calls are still served, and once the stuck calls go away the large
+/// (retriable), small calls are still served, and once the stuck calls end the large
 /// request is taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passed 8 of 9 runs; one full-suite run timed out in a 30 s wait, not yet explained"]
 async fn t25_request_bytes_in_flight_are_bounded_node_wide() {
     let broker = TestBroker::start_with(|c| {
         c.max_request_bytes = 1 << 20;
@@ -510,10 +509,15 @@ async fn t25_request_bytes_in_flight_are_bounded_node_wide() {
         }],
         ..Default::default()
     };
-    // A call whose request stream sends one message and then neither ends nor sends more:
-    // the node has the message's bytes and waits for the rest of the call.
+    // A call whose request stream sends one message and then neither ends nor sends more
+    // until it is told to: the node has the message's bytes and waits for the rest of the
+    // call. (Ended by a signal rather than by aborting the task: dropping a call's future
+    // need not reset its HTTP/2 stream while the body is still being sent.)
     let mut stuck = Vec::new();
+    let mut release = Vec::new();
     for _ in 0..2 {
+        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        release.push(end);
         let channel = tonic::transport::Endpoint::from_shared(url.clone())
             .unwrap()
             .connect()
@@ -523,17 +527,34 @@ async fn t25_request_bytes_in_flight_are_bounded_node_wide() {
         stuck.push(tokio::spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
             grpc.ready().await.unwrap();
-            let body = futures_util::stream::once(async move { message })
-                .chain(futures_util::stream::pending());
+            let body = futures_util::stream::once(async move { message }).chain(
+                futures_util::stream::once(ended)
+                    .filter_map(|_| std::future::ready(None::<v1::ProduceRequest>)),
+            );
             let codec =
                 tonic_prost::ProstCodec::<v1::ProduceRequest, v1::ProduceResponse>::default();
             let path =
                 tonic::codegen::http::uri::PathAndQuery::from_static("/strata.v1.Produce/Produce");
-            let _ = grpc
-                .client_streaming(tonic::Request::new(body), path, codec)
-                .await;
+            grpc.client_streaming(tonic::Request::new(body), path, codec)
+                .await
         }));
     }
+    // Both stuck calls hold their bytes before anything else is sent (a large request sent
+    // while a stuck call is still arriving could take that call's place in the budget).
+    let http = broker.http_address().unwrap();
+    let held = async || -> u64 {
+        let (_, metrics) = super::http_get(http, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("strata_in_flight_request_bytes "))
+            .expect("the gauge is exported")
+            .parse()
+            .unwrap()
+    };
+    eventually(WAIT, "the stuck calls to hold their bytes", async || {
+        (held().await >= 1_800 << 10).then_some(())
+    })
+    .await;
     let mut produce = v1::produce_client::ProduceClient::connect(url)
         .await
         .unwrap();
@@ -551,13 +572,7 @@ async fn t25_request_bytes_in_flight_are_bounded_node_wide() {
         "{refused:?}"
     );
     assert_eq!(detail(&refused).code(), v1::ErrorCode::Unavailable);
-    let (_, metrics) = super::http_get(broker.http_address().unwrap(), "/metrics").await;
-    let held: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("strata_in_flight_request_bytes "))
-        .expect("the gauge is exported")
-        .parse()
-        .unwrap();
+    let held = held().await;
     assert!((1_800 << 10..=2 << 20).contains(&held), "{held} bytes held");
     // Small calls are still served.
     let producer = client.producer().build();
@@ -575,10 +590,24 @@ async fn t25_request_bytes_in_flight_are_bounded_node_wide() {
             .high_watermark,
         1
     );
-    // The stuck calls end: their bytes come back and the large request is taken (and
-    // refused for what it is, not for its size).
+    // The stuck calls end (each answered for its zero-filled batch): their bytes come back
+    // and the large request is taken (and refused for what it is, not for its size).
+    for end in release {
+        end.send(()).unwrap();
+    }
     for task in stuck {
-        task.abort();
+        let answer = tokio::time::timeout(WAIT, task)
+            .await
+            .expect("a stuck call to be answered once its request ends")
+            .unwrap()
+            .expect("the call to be answered");
+        assert_eq!(
+            answer.into_inner().results[0]
+                .error
+                .as_ref()
+                .map(|e| e.code()),
+            Some(v1::ErrorCode::InvalidBatch)
+        );
     }
     let answer = eventually(
         WAIT,
