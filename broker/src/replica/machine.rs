@@ -18,7 +18,7 @@ use crate::lock::lock;
 use crate::raft::{Applied, Machine, Position};
 
 /// A replica's snapshot (field names are the format).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct PartitionSnapshot {
     position: Position,
     // Not flattened: serde's flatten cannot read the map's integer keys back.
@@ -154,13 +154,38 @@ mod tests {
         let mut producers = BTreeMap::new();
         producers.insert(7, ProducerState::default());
         let snapshot = PartitionSnapshot {
+            position: Position::default(),
             producers,
             producer_clock: 42,
-            ..Default::default()
+            aggs: PartitionAggs::default(),
         };
         let back: PartitionSnapshot =
             serde_json::from_slice(&serde_json::to_vec(&snapshot).unwrap()).unwrap();
         assert_eq!((back.producers.len(), back.producer_clock), (1, 42));
+    }
+
+    /// A snapshot taken before producer expiry existed has no clock and its producers no
+    /// `last_seen`: it reads with the clock unknown and each producer seen at the next sweep
+    /// (`producers.rs` tests what the table then does with them).
+    #[test]
+    fn a_snapshot_from_before_producer_expiry_reads() {
+        let mut json: serde_json::Value = serde_json::to_value(PartitionSnapshot {
+            position: Position::default(),
+            producers: BTreeMap::new(),
+            producer_clock: 42,
+            aggs: PartitionAggs::default(),
+        })
+        .unwrap();
+        let fields = json.as_object_mut().unwrap();
+        fields.remove("producer_clock");
+        fields.insert(
+            "producers".into(),
+            serde_json::json!({"7": {"epoch": 0, "batches": [{"first_seq": 0, "last_seq": 0, "base_offset": 4}]}}),
+        );
+        let old: PartitionSnapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(old.producer_clock, clock_unknown());
+        assert_eq!(old.producers[&7].last_seen, i64::MAX);
+        assert_eq!(old.producers[&7].batches[0].base_offset, 4);
     }
 
     /// openraft's storage conformance suite with the real partition machine.
