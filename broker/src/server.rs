@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_proto::transport::Buffered;
 use strata_storage::{Flusher, LogConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -190,6 +191,7 @@ impl Broker {
 
         let mut servers = Vec::new();
         let mut client_builder = grpc_server_builder(&node.config);
+        let client_buffering = client_tls.is_some();
         if let Some(tls) = client_tls {
             client_builder = client_builder
                 .tls_config(tls)
@@ -197,7 +199,10 @@ impl Broker {
         }
         let client_server = client_builder
             .add_routes(api::grpc::routes(&node))
-            .serve_with_incoming_shutdown(no_delay(grpc), stopped(stop.subscribe()));
+            .serve_with_incoming_shutdown(
+                accepted(grpc, client_buffering),
+                stopped(stop.subscribe()),
+            );
         servers.push(tokio::spawn(async move {
             if let Err(e) = client_server.await {
                 tracing::error!(error = %e, "gRPC server failed");
@@ -217,7 +222,10 @@ impl Broker {
         let peer_server = peer_builder
             .layer(tonic::service::InterceptorLayer::new(gate))
             .add_routes(api::grpc::peer_routes(&node).add_service(raft))
-            .serve_with_incoming_shutdown(no_delay(peer), stopped(stop.subscribe()));
+            .serve_with_incoming_shutdown(
+                accepted(peer, peer_tls.is_some()),
+                stopped(stop.subscribe()),
+            );
         servers.push(tokio::spawn(async move {
             if let Err(e) = peer_server.await {
                 tracing::error!(error = %e, "peer gRPC server failed");
@@ -384,19 +392,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     broker.shutdown().await
 }
 
-/// The connections accepted on `listener`, with Nagle's algorithm off. The server builder's
-/// `tcp_nodelay` only applies to listeners it binds itself; without this, a response's
-/// trailers (a small write after its data) waited for the client's delayed ACK: 40 ms.
-fn no_delay(
+/// The connections accepted on `listener`, with Nagle's algorithm off, and with a read
+/// buffer under TLS (see [`Buffered`]). The server builder's `tcp_nodelay` only applies to
+/// listeners it binds itself; without this, a response's trailers (a small write after its
+/// data) waited for the client's delayed ACK: 40 ms.
+fn accepted(
     listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tls: bool,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Buffered<tokio::net::TcpStream>>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted
-            && let Err(e) = stream.set_nodelay(true)
-        {
+    TcpListenerStream::new(listener).map(move |accepted| {
+        let stream = accepted?;
+        if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot turn off Nagle's algorithm on a connection");
         }
-        accepted
+        Ok(Buffered::new(stream, tls))
     })
 }

@@ -309,7 +309,9 @@ impl Client {
             .max_frame_size((1 << 24) - 1)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = endpoint.connect_with_connector_lazy(strata_proto::transport::Connector {
+            tls: self.inner.config.tls.is_some(),
+        });
         channels.insert(address.to_string(), channel.clone());
         Ok(transport(channel))
     }

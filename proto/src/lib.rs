@@ -10,7 +10,11 @@
 //!   `*_client` and `*_server` module): `Produce`, `Fetch` (server streaming, long poll),
 //!   `Metadata`, `Admin`, `Groups`, `Health`. Errors: `ErrorCode` and `ErrorDetail`
 //!   (`errors.proto`), carried in gRPC status details.
+//! - [`transport`]: the buffered connections gRPC runs on under TLS, for servers and
+//!   clients alike.
 #![forbid(unsafe_code)]
+
+pub mod transport;
 
 /// The `strata.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]

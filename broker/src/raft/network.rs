@@ -18,6 +18,7 @@ use openraft::raft::{
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use strata_proto::transport::Connector;
 use strata_proto::v1;
 use strata_proto::v1::raft_client::RaftClient;
 use tonic::transport::{Channel, Endpoint};
@@ -118,7 +119,9 @@ impl Router {
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5))
                     .keep_alive_while_idle(true)
-                    .connect_lazy();
+                    .connect_with_connector_lazy(Connector {
+                        tls: self.inner.tls.is_some(),
+                    });
                 // Replies are small JSON (a vote, an append's answer, a command's result).
                 let client = RaftClient::new(channel.clone())
                     .max_decoding_message_size(MAX_REPLY_BYTES)
