@@ -366,7 +366,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || !(1..=days_in_month(year, month)).contains(&day)
         || hour > 23
         || minute > 59
         || second > 60
@@ -394,7 +394,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let offset_min = match b.get(i)? {
         b'Z' | b'z' if i + 1 == b.len() => 0,
         sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let m = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            let (hours, minutes) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let m = hours * 60 + minutes;
             if *sign == b'+' { m } else { -m }
         }
         _ => return None,
@@ -402,6 +406,16 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
     Some(secs * 1000 + millis)
+}
+
+/// The number of days of `month` (1–12) in `year` of the proleptic Gregorian calendar.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -508,11 +522,38 @@ mod tests {
         );
         for bad in [
             "2024-13-01T00:00:00Z",
+            "2024-02-31T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-01-01T00:00:00+24:00",
+            "2024-01-01T00:00:00+01:60",
             "2024-02-29",
             "2024-02-29T12:34:56",
             "x",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        // Every day of a few years, leap and not, follows the day before by 86,400 s; the
+        // day after a month's last is refused.
+        for year in [1900, 1999, 2000, 2023, 2024, 2100] {
+            let mut previous = None;
+            for month in 1..=12 {
+                for day in 1..=31 {
+                    let text = format!("{year:04}-{month:02}-{day:02}T00:00:00Z");
+                    let Some(ms) = parse_rfc3339(&text) else {
+                        assert!(day > 28, "{text} refused");
+                        continue;
+                    };
+                    if let Some(p) = previous {
+                        assert_eq!(ms - p, 86_400_000, "{text}");
+                    }
+                    previous = Some(ms);
+                }
+            }
+            let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+            let feb29 = format!("{year:04}-02-29T00:00:00Z");
+            assert_eq!(parse_rfc3339(&feb29).is_some(), leap, "{feb29}");
         }
         assert_eq!(
             event_time(&Scalar::Num(1_700_000_000.5)),

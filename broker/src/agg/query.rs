@@ -121,6 +121,7 @@ impl Aggregations {
             CommandResult::AggregationCreated { id } => {
                 self.follow_definition(|s| s.aggregations.get(&name).is_some_and(|a| a.id == id))
                     .await;
+                self.wait_running(&name, id).await?;
                 Ok(id)
             }
             CommandResult::AggregationExists => Err(Error::AggregationExists(name)),
@@ -130,6 +131,45 @@ impl Aggregations {
             CommandResult::Invalid { message } => Err(Error::InvalidArgument(message)),
             other => Err(other.unexpected()),
         }
+    }
+
+    /// Waits until every partition of aggregation `name` (`id`) runs it: its start record is
+    /// committed in each partition's log, so every record produced from now on comes after
+    /// it and is folded. (Returning sooner let a burst produced right after a create go
+    /// uncounted while the partitions' leaders had yet to start it.)
+    async fn wait_running(&self, name: &str, id: u64) -> Result<(), Error> {
+        let request = v1::QueryAggregationRequest {
+            name: name.to_string(),
+            stats_only: true,
+            ..Default::default()
+        };
+        let sel = selection(None, None, HashMap::new());
+        let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
+        let mut pause = Duration::from_millis(5);
+        let mut waiting_for = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            let meta = self.get(name)?;
+            if meta.id != id {
+                return Err(Error::UnknownAggregation(name.to_string()));
+            }
+            if let Ok((_, stats)) = self.gather(&meta, &sel, &request).await {
+                waiting_for = stats
+                    .iter()
+                    .filter(|s| !s.running)
+                    .map(|s| s.partition)
+                    .collect();
+                if waiting_for.is_empty() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Err(Error::Unavailable(format!(
+            "aggregation `{name}` is defined but does not run yet in partitions {waiting_for:?} \
+             of its topic (no leader there?); records produced to them before it starts \
+             are not folded"
+        )))
     }
 
     /// Drops an aggregation, once this node follows the change.

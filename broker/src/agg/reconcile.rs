@@ -15,13 +15,38 @@ use crate::topics::Topics;
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 
 /// Brings the aggregations running in the partitions this node leads in line with the
-/// controller's definitions, every 250 ms, for as long as the node runs.
+/// controller's definitions, every 250 ms and as soon as an aggregation is defined or
+/// dropped (a create waits for every partition to run it), for as long as the node runs.
 pub async fn run(topics: Arc<Topics>, cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    let mut state = cluster.state();
+    let mut defined = defined_ids(&cluster);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = defined_ids(&cluster);
+                if now == defined {
+                    continue;
+                }
+                defined = now;
+            }
+        }
         reconcile(&topics, &cluster).await;
     }
+}
+
+/// The ids of the aggregations defined now.
+fn defined_ids(cluster: &Cluster) -> Vec<u64> {
+    cluster
+        .current()
+        .aggregations
+        .values()
+        .map(|a| a.id)
+        .collect()
 }
 
 async fn reconcile(topics: &Topics, cluster: &Cluster) {

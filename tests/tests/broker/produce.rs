@@ -206,15 +206,6 @@ async fn t04_health_and_metrics_over_http() {
     })
     .await
     .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the aggregation to run",
-        async || {
-            let d = aggs.describe("per-second").await.ok()?;
-            d.partitions.iter().all(|p| p.running).then_some(())
-        },
-    )
-    .await;
     let producer = client.producer().build();
     produce_to_each(&producer, "watched", 2, 5, "m").await;
     let mut consumer = client
@@ -259,4 +250,38 @@ async fn t04_health_and_metrics_over_http() {
         );
     }
     assert!(metrics.trim_end().ends_with("# EOF"));
+}
+
+/// t05: once `create_aggregation` returns, every record produced afterwards is folded: a
+/// burst of 5,000 sent right after it is counted in full (it used to return before the
+/// partitions' leaders started the aggregation, and 0 to 127 of such a burst were counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t05_a_burst_right_after_an_aggregation_is_created_is_all_counted() {
+    let broker = TestBroker::start().await;
+    let client = broker.client_with_topic("burst", 4).await;
+    let aggs = client.aggregations();
+    aggs.create(strata_client::AggregationSpec {
+        name: "burst-count".into(),
+        topic: "burst".into(),
+        window: "tumbling:1m".into(),
+        measures: vec!["count".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let d = aggs.describe("burst-count").await.unwrap();
+    assert_eq!(d.partitions.len(), 4);
+    assert!(d.partitions.iter().all(|p| p.running), "{:?}", d.partitions);
+    let producer = client.producer().build();
+    produce_to_each(&producer, "burst", 4, 1_250, "b").await;
+    let counted = eventually(WAIT, "the burst to be folded", async || {
+        let d = aggs.describe("burst-count").await.ok()?;
+        let events: u64 = d.partitions.iter().map(|p| p.events).sum();
+        (events >= 5_000).then_some(events)
+    })
+    .await;
+    assert_eq!(counted, 5_000);
+    let r = aggs.query("burst-count", None, None, &[]).await.unwrap();
+    let total: f64 = r.rows.iter().filter_map(|row| row.values[0].value).sum();
+    assert_eq!(total, 5_000.0);
 }

@@ -95,18 +95,21 @@ async fn check_output(
     .await;
 }
 
-/// Waits until every one of the `partitions` of an aggregation's topic runs it.
-async fn wait_running(aggs: &strata_client::Aggregations, name: &str, partitions: usize) {
-    eventually(
-        Duration::from_secs(20),
-        "every partition to run it",
-        async || {
-            let d = aggs.describe(name).await.ok()?;
-            (d.partitions.len() == partitions && d.partitions.iter().all(|p| p.running))
-                .then_some(())
-        },
-    )
-    .await;
+/// Every one of the `partitions` of an aggregation's topic runs it as soon as its create
+/// returns, as seen from any node.
+async fn assert_running(cluster: &TestCluster, name: &str, partitions: usize) {
+    for node in 1..=3 {
+        let d = (cluster.client_of(node).await.aggregations())
+            .describe(name)
+            .await
+            .unwrap();
+        assert_eq!(d.partitions.len(), partitions, "node {node}");
+        assert!(
+            d.partitions.iter().all(|p| p.running),
+            "node {node}: {:?}",
+            d.partitions
+        );
+    }
 }
 
 /// Aggregation results equal a brute-force computation after the leader of a partition is
@@ -200,7 +203,7 @@ async fn t40_aggregations_survive_a_leader_kill_and_equal_brute_force() {
     aggs.create(spec.clone()).await.unwrap();
     let e = aggs.create(spec.clone()).await.unwrap_err();
     assert_eq!(e.code(), Some(strata_client::ErrorCode::AggregationExists));
-    wait_running(&aggs, "per-device", 2).await;
+    assert_running(&cluster, "per-device", 2).await;
 
     let n = 3_000u64;
     let base = 1_700_000_000_000i64;
@@ -335,7 +338,7 @@ async fn t40_aggregations_survive_a_leader_kill_and_equal_brute_force() {
     })
     .await
     .unwrap();
-    wait_running(&aggs, "spread-count", 3).await;
+    assert_running(&cluster, "spread-count", 3).await;
     let producer = client.producer().build();
     for i in 0..300u64 {
         let value = format!(r#"{{"t":{},"device":"d{}"}}"#, base + 10 * i as i64, i % 3);
