@@ -194,26 +194,45 @@ impl Metrics {
     /// The text exposition, with per-partition and per-group values read now.
     pub fn render(&self, topics: &Topics, groups: &Coordinator, node: NodeCounts) -> String {
         let mut scrape = Registry::with_prefix("strata");
-        let stopped = Gauge::<i64>::default();
-        stopped.set(node.stopped_groups as i64);
-        scrape.register(
+        let gauge = |scrape: &mut Registry, name: &str, help: &str, value: i64| {
+            let g = Gauge::<i64>::default();
+            g.set(value);
+            scrape.register(name, help, g);
+        };
+        let counter = |scrape: &mut Registry, name: &str, help: &str, value: u64| {
+            let c = Counter::<u64>::default();
+            c.inc_by(value);
+            scrape.register(name, help, c);
+        };
+        gauge(
+            &mut scrape,
             "raft_groups_stopped",
-            "Raft groups whose core stopped on an error (a restart is needed)",
-            stopped,
+            "Raft groups whose core stopped on an error (a partition's is reopened)",
+            node.stopped_groups as i64,
         );
-        let audit_dropped = Counter::<u64>::default();
-        audit_dropped.inc_by(node.audit_dropped);
-        scrape.register(
+        gauge(
+            &mut scrape,
+            "replicas_failed",
+            "Replicas out after a failed flush or a stopped Raft core, until reopened",
+            topics.failed_replicas().len() as i64,
+        );
+        counter(
+            &mut scrape,
+            "replica_recoveries",
+            "Replicas reopened from disk after a failure",
+            topics.recoveries(),
+        );
+        counter(
+            &mut scrape,
             "audit_dropped_events",
             "Audit events not written (queue full, or the audit topic unwritable)",
-            audit_dropped,
+            node.audit_dropped,
         );
-        let in_flight = Gauge::<i64>::default();
-        in_flight.set(node.in_flight_request_bytes as i64);
-        scrape.register(
+        gauge(
+            &mut scrape,
             "in_flight_request_bytes",
             "Request bytes the node's client calls hold (bounded by max_in_flight_request_bytes)",
-            in_flight,
+            node.in_flight_request_bytes as i64,
         );
         let partitions = Gauge::<i64>::default();
         let log_bytes = Family::<PartitionLabel, Gauge>::default();

@@ -269,6 +269,10 @@ impl Broker {
                 let topics = topics.clone();
                 async move { topics.balance_leaders().await }
             }),
+            tokio::spawn({
+                let topics = topics.clone();
+                async move { topics.recover_failed().await }
+            }),
             tokio::spawn(crate::agg::reconcile::run(topics.clone(), cluster.clone())),
             tokio::spawn(emitter.run()),
             tokio::spawn(report_stopped_groups(env.groups.clone())),
@@ -354,16 +358,16 @@ fn grpc_server_builder(config: &Config) -> tonic::transport::Server {
         .max_concurrent_streams(config.max_streams_per_connection)
 }
 
-/// Logs, once each, every Raft group whose core stopped on an error (its replica serves
-/// nothing until the node restarts; `/health` says so and `strata_raft_groups_stopped`
-/// counts them).
+/// Logs, once each, every Raft group whose core stopped on an error; `/health` says so and
+/// `strata_raft_groups_stopped` counts them. A partition's group is then reopened by
+/// `Topics::recover_failed`; the controller's needs a restart of the node.
 async fn report_stopped_groups(groups: crate::raft::Groups) {
     let mut reported = std::collections::BTreeSet::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for (id, why) in groups.stopped() {
             if reported.insert(id) {
-                tracing::error!(group = format!("{id:#x}"), error = %why, "a raft group stopped; restart the node to recover it");
+                tracing::error!(group = format!("{id:#x}"), error = %why, "a raft group stopped");
             }
         }
     }

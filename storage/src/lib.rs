@@ -29,6 +29,8 @@
 //!   loaded sealed segments, and the recovery scan.
 //! - [`log`]: [`PartitionLog`] itself: append with group commit, reads, truncation, purge,
 //!   retention, recovery at open, the background [`Flusher`].
+//! - [`fault`]: fault injection (a failing disk under a directory) for tests and the fault
+//!   suite.
 //! - [`partitioner`]: which partition a keyed record goes to (Kafka's murmur2), shared by
 //!   the client and the broker's own writers.
 //! - `error`: [`Error`], one enum for the crate.
@@ -38,6 +40,7 @@ pub mod batch;
 pub mod durable;
 pub mod entry;
 mod error;
+pub mod fault;
 pub mod log;
 mod mmap;
 pub mod partitioner;

@@ -118,6 +118,20 @@ impl TestNode {
         self.dir.join("data")
     }
 
+    /// Fails the disk under the node's partition logs (every flush there fails as a failing
+    /// `fsync` does, and so does opening a log) until [`TestNode::heal_disk`].
+    pub fn fail_disk(&self) {
+        let topics = self.data_dir().join("topics");
+        std::fs::write(topics.join(strata_storage::fault::FAIL_DISK_MARKER), b"")
+            .expect("disk failure marker written");
+    }
+
+    /// Undoes [`TestNode::fail_disk`].
+    pub fn heal_disk(&self) {
+        let marker = (self.data_dir().join("topics")).join(strata_storage::fault::FAIL_DISK_MARKER);
+        std::fs::remove_file(marker).expect("disk failure marker removed");
+    }
+
     /// Whether its process runs.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -286,6 +300,8 @@ impl TestCluster {
                 std::env::var("STRATA_TEST_NODE_LOG")
                     .unwrap_or_else(|_| "info,openraft=warn".to_string()),
             )
+            // Lets a test fail the node's disk (`TestNode::fail_disk`).
+            .env("STRATA_FAULT_INJECTION", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

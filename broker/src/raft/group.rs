@@ -200,7 +200,13 @@ impl Group {
     /// The leading node, if one is known.
     pub fn leader(&self) -> Option<u64> {
         // Copied out: a metrics borrow must never be held across an await.
-        self.raft.metrics().borrow_watched().current_leader
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        // A core stopped on an error leaves its last view behind: it leads nothing now.
+        match &m.running_state {
+            Ok(()) => m.current_leader,
+            Err(_) => None,
+        }
     }
 
     /// Whether this replica has applied an entry of its current term (see

@@ -113,6 +113,27 @@ impl Partition {
         &self.replicas
     }
 
+    /// Why this replica serves nothing until it is reopened, if so: its log failed a flush,
+    /// or its Raft core stopped on an error.
+    pub fn failure(&self) -> Option<String> {
+        (self.log.poisoned().map(|cause| format!("log: {cause}"))).or_else(|| {
+            self.group
+                .status()
+                .stopped
+                .map(|why| format!("raft: {why}"))
+        })
+    }
+
+    /// Under fsync `always`, the index before which its log's entries are known durable.
+    pub fn durable_below(&self) -> Option<u64> {
+        self.log.durable_next()
+    }
+
+    /// Its log's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.log.dir()
+    }
+
     /// Its Raft status.
     pub fn raft_status(&self) -> GroupStatus {
         self.group.status()

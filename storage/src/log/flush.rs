@@ -97,6 +97,16 @@ impl LogInner {
         }
     }
 
+    /// The cause, if a flush failed.
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        self.lock_durable().poisoned.clone()
+    }
+
+    /// Under [`FsyncPolicy::Always`], the index before which every entry is known durable.
+    pub(crate) fn durable_next(&self) -> Option<u64> {
+        self.always().then(|| self.lock_durable().durable_next)
+    }
+
     fn always(&self) -> bool {
         self.config.fsync == FsyncPolicy::Always
     }
@@ -210,6 +220,7 @@ impl LogInner {
             io.active_flushed = 0;
         }
         let synced = (|| {
+            crate::fault::check(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
             #[cfg(test)]
             if self.fail_next_flush.swap(false, Ordering::SeqCst) {
                 return Err(Error::io(

@@ -344,6 +344,19 @@ impl PartitionLog {
         self.inner().flush_now(flush::Checkpoint::Now)
     }
 
+    /// Why the log refuses writes, if a flush failed: it stays so until it is reopened.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner().poisoned()
+    }
+
+    /// Under [`FsyncPolicy::Always`], the index before which every entry was flushed: after
+    /// a failed flush the entries from it on may be in the page cache only (the kernel can
+    /// mark pages clean whose write-back failed), so whoever reopens the log should not take
+    /// them for durable. `None` under the other policies.
+    pub fn durable_next(&self) -> Option<u64> {
+        self.inner().durable_next()
+    }
+
     /// Bounds of the log.
     pub fn state(&self) -> LogState {
         self.inner().state()

@@ -38,6 +38,7 @@ use crate::segment::{
 pub(crate) fn open(dir: &Path, mut config: LogConfig) -> Result<Arc<LogInner>> {
     config.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::fault::check(dir).map_err(|e| Error::io(dir, e))?;
     let lock = DirLock::acquire(dir)?;
     let flusher = match config.flusher.take() {
         Some(flusher) => flusher,

@@ -609,3 +609,30 @@ fn segments_roll_by_age() {
     );
     assert_eq!((segments[0].end_index, segments[1].first_index), (2, 2));
 }
+
+#[test]
+fn a_failed_disk_poisons_the_log_and_fails_its_reopening_until_healed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small_config(FsyncPolicy::Always)).unwrap();
+    append_batches(&log, 3, 1);
+    assert_eq!(log.durable_next(), Some(3));
+    assert_eq!(log.poisoned(), None);
+    crate::fault::fail_disk(dir.path());
+    let pending = log.append(1, 1, EntryBody::Data(batch(3, 10, 1))).unwrap();
+    assert!(matches!(pending.wait(), Err(Error::Poisoned { .. })));
+    assert!(log.poisoned().unwrap().contains("injected disk failure"));
+    assert_eq!(
+        log.durable_next(),
+        Some(3),
+        "the failed entry is not durable"
+    );
+    drop(pending);
+    log.close().unwrap_err();
+    drop(log);
+    let e = PartitionLog::open(dir.path(), small_config(FsyncPolicy::Always)).unwrap_err();
+    assert!(e.to_string().contains("injected disk failure"), "{e}");
+    crate::fault::heal_disk(dir.path());
+    let log = PartitionLog::open(dir.path(), small_config(FsyncPolicy::Always)).unwrap();
+    assert!(log.state().next_index >= 3);
+    assert_eq!(offsets(&log.read(0, usize::MAX).unwrap())[..3], [0, 1, 2]);
+}

@@ -285,3 +285,92 @@ async fn t05_a_burst_right_after_an_aggregation_is_created_is_all_counted() {
     let total: f64 = r.rows.iter().filter_map(|row| row.values[0].value).sum();
     assert_eq!(total, 5_000.0);
 }
+
+/// t06: a replica whose log fails a flush (an injected `EIO` under its directory) is
+/// reported — `/health` 503 `degraded` naming it, `strata_replicas_failed` — taken out and
+/// reopened from disk once the disk works again, without a restart; every acknowledged
+/// record is still there, a record sent meanwhile is stored at most once, and the
+/// partition takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t06_a_log_that_failed_a_flush_is_reported_and_reopened_without_a_restart() {
+    let broker = TestBroker::start_with(|c| c.http = Some("127.0.0.1:0".parse().unwrap())).await;
+    let http = broker.http_address().unwrap();
+    let client = broker.client_with_topic("fragile", 2).await;
+    let producer = client.producer().build();
+    produce_to_each(&producer, "fragile", 2, 50, "before").await;
+
+    let disk = broker.data_dir().join("topics");
+    strata_storage::fault::fail_disk(&disk);
+    let during = {
+        let producer = client
+            .producer()
+            .delivery_timeout(Duration::from_secs(60))
+            .build();
+        tokio::spawn(async move {
+            producer
+                .send_and_wait(ProducerRecord::new("fragile", "during").partition(0))
+                .await
+        })
+    };
+    let health = eventually(WAIT, "/health to report the failed replica", async || {
+        let (status, body) = http_get(http, "/health").await;
+        (status.contains("503") && body.contains("\"failed_replicas\":[{")).then_some(body)
+    })
+    .await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    let failed = &health["failed_replicas"][0];
+    assert_eq!(failed["topic"], "fragile", "{health}");
+    assert_eq!(failed["partition"], 0, "{health}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("injected disk failure"),
+        "{health}"
+    );
+    let (_, metrics) = http_get(http, "/metrics").await;
+    assert!(metrics.contains("strata_replicas_failed 1"), "{metrics}");
+    // While the disk fails, reopening fails too, and the replica stays out.
+    eventually(WAIT, "a failed reopening", async || {
+        let (_, body) = http_get(http, "/health").await;
+        body.contains("reopening failed").then_some(())
+    })
+    .await;
+
+    strata_storage::fault::heal_disk(&disk);
+    eventually(WAIT, "/health to be whole again", async || {
+        let (status, _) = http_get(http, "/health").await;
+        status.contains("200").then_some(())
+    })
+    .await;
+    let (_, metrics) = http_get(http, "/metrics").await;
+    assert!(metrics.contains("strata_replicas_failed 0"), "{metrics}");
+    assert!(
+        metrics.contains("strata_replica_recoveries_total 1"),
+        "{metrics}"
+    );
+    // The record sent meanwhile was retried by its producer; stored once, after the rest.
+    let during = tokio::time::timeout(WAIT, during).await.unwrap().unwrap();
+    assert!(during.is_ok(), "{during:?}");
+    produce_to_each(&producer, "fragile", 2, 10, "after").await;
+    for p in 0..2u32 {
+        let mut expected: Vec<String> = (0..50).map(|i| format!("before-{p}-{i}")).collect();
+        if p == 0 {
+            expected.push("during".into());
+        }
+        expected.extend((0..10).map(|i| format!("after-{p}-{i}")));
+        let mut consumer = reader(&client, "fragile", [p], StartAt::Earliest).await;
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let r = next_record(&mut consumer).await;
+            got.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
+        assert_eq!(got, expected, "partition {p}");
+        let d = client.admin().describe_topic("fragile").await.unwrap();
+        assert_eq!(
+            d.partitions[p as usize].high_watermark,
+            expected.len() as u64
+        );
+    }
+}

@@ -519,3 +519,56 @@ async fn t37_a_leader_restarted_in_its_term_does_not_store_a_retry_twice() {
         "the batch is stored once"
     );
 }
+
+/// t38: the disk under a partition leader's logs fails (every flush fails, as a failing
+/// `fsync` does): its replica stops leading, another is elected and acknowledges on, and
+/// once the disk works again the node reopens the replica without a restart and it
+/// catches up. Nothing acknowledged is lost and every replica holds the same log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t38_a_leader_whose_disk_fails_steps_down_and_recovers_without_a_restart() {
+    let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client
+        .admin()
+        .create_topic("fragile", rf3(1))
+        .await
+        .unwrap();
+    let producer = client.producer().build();
+    let send = async |i: u32| {
+        let record = ProducerRecord::new("fragile", format!("v{i}")).partition(0);
+        producer.send_and_wait(record).await.unwrap().offset
+    };
+    for i in 0..100 {
+        assert_eq!(send(i).await, u64::from(i));
+    }
+    let victim = cluster.leader_of("fragile", 0).await;
+    cluster.node(victim).fail_disk();
+    for i in 100..200 {
+        assert_eq!(send(i).await, u64::from(i));
+    }
+    assert_ne!(cluster.leader_of("fragile", 0).await, victim);
+    let wait = Duration::from_secs(30);
+    eventually(
+        wait,
+        "the victim to report its failed replica",
+        async || {
+            let log = cluster.node(victim).log_tail(400);
+            log.contains("replica failed; taking it out").then_some(())
+        },
+    )
+    .await;
+    cluster.node(victim).heal_disk();
+    eventually(wait, "the victim to reopen its replica", async || {
+        let log = cluster.node(victim).log_tail(400);
+        log.contains("failed replica reopened").then_some(())
+    })
+    .await;
+    for i in 200..250 {
+        assert_eq!(send(i).await, u64::from(i));
+    }
+    let expected: Vec<String> = (0..250).map(|i| format!("v{i}")).collect();
+    assert_eq!(read_strings(&client, "fragile", 250).await, expected);
+    wait_replicated(&cluster, "fragile", 1, 250).await;
+    assert!(cluster.node(victim).is_running(), "no restart");
+    assert_same_logs(&mut cluster, "fragile", 1).await;
+}

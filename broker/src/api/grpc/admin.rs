@@ -107,13 +107,7 @@ impl Api {
                 .enumerate()
                 .map(|(p, replicas)| {
                     let p = p as u32;
-                    // This node's replica knows the current leader; for a partition it does
-                    // not hold, the preferred leader is the hint.
-                    let leader = topic
-                        .partitions
-                        .iter()
-                        .find(|r| r.id() == p)
-                        .map_or_else(|| replicas.first().copied().unwrap_or(0), |r| r.leader());
+                    let leader = topic.leader_hint(p).unwrap_or(0);
                     v1::PartitionMetadata {
                         partition: p,
                         leader,

@@ -18,7 +18,8 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Ready when the node serves and no Raft group of it has stopped on an error.
+/// Ready when the node serves, no Raft group of it has stopped on an error and no replica
+/// of it is out after a failure (being reopened).
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let stopped: Vec<serde_json::Value> = node
         .cluster
@@ -28,8 +29,20 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
         .into_iter()
         .map(|(id, why)| serde_json::json!({"group": format!("{id:#x}"), "error": why}))
         .collect();
-    let serving = node.is_serving() && stopped.is_empty();
-    let status = match (node.is_serving(), stopped.is_empty()) {
+    let failed: Vec<serde_json::Value> = (node.topics.failed_replicas().into_iter())
+        .map(|((topic, partition), f)| {
+            serde_json::json!({
+                "topic": topic,
+                "partition": partition,
+                "error": f.cause,
+                "for_ms": f.since.elapsed().as_millis() as u64,
+                "reopen_attempts": f.attempts,
+            })
+        })
+        .collect();
+    let whole = stopped.is_empty() && failed.is_empty();
+    let serving = node.is_serving() && whole;
+    let status = match (node.is_serving(), whole) {
         (true, true) => "serving",
         (true, false) => "degraded",
         (false, _) => "not_serving",
@@ -39,6 +52,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "node_id": node.config.node_id,
         "topics": node.topics.all().len(),
         "stopped_groups": stopped,
+        "failed_replicas": failed,
     });
     let code = if serving {
         StatusCode::OK

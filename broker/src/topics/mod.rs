@@ -1,7 +1,7 @@
 //! The cluster's topics as this node holds them: the registry the services look them up
 //! in, following the controller's state (opening the replicas assigned to this node,
 //! stopping and deleting those of deleted topics), and the node-wide housekeeping over every
-//! replica (retention, leader balance).
+//! replica (retention, leader balance, reopening failed replicas: `recover`).
 //!
 //! Layout: `<data_dir>/topics/<id>/<partition>/` (a partition log and its Raft files):
 //! paths come from ids, never from the names clients choose (a directory of the older
@@ -10,9 +10,12 @@
 //! topics deleted while the node was away, are removed when the node follows the cluster
 //! state; nothing outside the topics directory is ever deleted.
 
+mod recover;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -21,6 +24,8 @@ use crate::controller::{Cluster, ClusterState, Command, CommandResult, TopicConf
 use crate::error::{Error, Result};
 use crate::raft::RaftEnv;
 use crate::replica::{Partition, ReplicaOf, ReplicaSettings};
+
+pub use self::recover::FailedReplica;
 
 /// How often leadership is checked against the preferred replicas.
 const LEADER_BALANCE: Duration = Duration::from_secs(5);
@@ -88,6 +93,8 @@ pub struct Topic {
     pub replicas: Vec<Vec<u64>>,
     /// The partitions this node holds a replica of, by id.
     pub partitions: Vec<Arc<Partition>>,
+    /// This node.
+    node_id: u64,
     cluster: watch::Receiver<Arc<ClusterState>>,
 }
 
@@ -105,16 +112,26 @@ impl Topic {
             .iter()
             .find(|p| p.id() == id)
             .ok_or_else(|| {
-                let leader = self
-                    .replicas
-                    .get(id as usize)
-                    .and_then(|r| r.first().copied());
+                let leader = self.leader_hint(id);
                 Error::NotLeader {
                     what: format!("{}/{id}", self.name),
                     leader,
                     address: leader.and_then(|l| self.cluster.borrow().address_of(l)),
                 }
             })
+    }
+
+    /// The leader of partition `id` as this node knows it: its replica's view, or, for a
+    /// partition it holds no open replica of, the preferred leader — another replica when
+    /// that is this node (its replica is out after a failure), which knows the leader.
+    pub fn leader_hint(&self, id: u32) -> Option<u64> {
+        if let Some(p) = self.partitions.iter().find(|p| p.id() == id) {
+            return Some(p.leader());
+        }
+        let replicas = self.replicas.get(id as usize)?;
+        (replicas.iter().find(|r| **r != self.node_id))
+            .or(replicas.first())
+            .copied()
     }
 
     /// Number of partitions in the cluster.
@@ -136,6 +153,10 @@ pub struct Topics {
     reconciling: tokio::sync::Mutex<()>,
     /// Bumped after every reconciliation.
     version: watch::Sender<u64>,
+    /// Replicas taken out after a failure, until they reopen (`recover`).
+    failed: Mutex<BTreeMap<(String, u32), FailedReplica>>,
+    /// Replicas reopened after a failure.
+    recoveries: AtomicU64,
 }
 
 impl std::fmt::Debug for Topics {
@@ -168,6 +189,8 @@ impl Topics {
             topics: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             version,
+            failed: Mutex::new(BTreeMap::new()),
+            recoveries: AtomicU64::new(0),
         })
     }
 
@@ -347,6 +370,7 @@ impl Topics {
                 &self.replica,
                 &meta.config.search,
                 self.cluster.clone(),
+                None,
             )
             .await?;
             let partition = Arc::new(partition);
@@ -359,6 +383,7 @@ impl Topics {
             config: meta.config.clone(),
             replicas: meta.replicas.clone(),
             partitions,
+            node_id: self.env.node_id,
             cluster: self.cluster.clone(),
         })
     }
