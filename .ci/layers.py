@@ -37,6 +37,7 @@ LAYERS = [
     ["node", "metrics"],
     ["api"],
     ["server"],
+    ["fuzzing"],  # fuzz entry points over the pure halves and the controller
 ]
 
 

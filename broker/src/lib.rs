@@ -47,6 +47,8 @@ mod budget;
 pub mod config;
 pub mod controller;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod groups;
 mod lock;
 mod metrics;

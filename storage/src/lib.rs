@@ -41,6 +41,8 @@ pub mod durable;
 pub mod entry;
 mod error;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod log;
 mod mmap;
 pub mod partitioner;

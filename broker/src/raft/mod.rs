@@ -18,6 +18,8 @@
 //!   all groups); `peer`: the server side (the `strata.v1.Raft` service), dispatching by group
 //!   id; `wire`: the hand-mapped AppendEntries message.
 
+#[doc(hidden)]
+pub mod fuzz;
 mod group;
 mod machine;
 mod network;

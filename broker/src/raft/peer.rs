@@ -23,8 +23,8 @@ use super::wire::{SnapshotMessage, decode_append};
 use super::{CONTROLLER_GROUP, Group, GroupId, MAX_TERM, Snapshot};
 use crate::tls::PeerCaller;
 
-type VoteRequest = openraft::raft::VoteRequest<super::TypeConfig>;
-type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<super::TypeConfig>;
+pub(super) type VoteRequest = openraft::raft::VoteRequest<super::TypeConfig>;
+pub(super) type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<super::TypeConfig>;
 
 /// Takes the controller commands other nodes forward to this one while it leads the
 /// controller (`Raft.Propose`). The body is the command as the forwarding node encoded it,
@@ -137,7 +137,7 @@ fn reply(body: &impl Serialize) -> Result<Response<v1::RaftReply>, Status> {
 
 /// A message's body, refused when undecodable or when any term in it (of a vote or a log
 /// id) is beyond [`MAX_TERM`].
-fn decode<T: DeserializeOwned>(msg: &v1::RaftMessage) -> Result<T, Status> {
+pub(super) fn decode<T: DeserializeOwned>(msg: &v1::RaftMessage) -> Result<T, Status> {
     let undecodable =
         |e: serde_json::Error| Status::invalid_argument(format!("undecodable raft message: {e}"));
     let value: serde_json::Value = serde_json::from_slice(&msg.body).map_err(undecodable)?;

@@ -72,8 +72,8 @@ impl Position {
         self.membership.membership().voter_ids().collect()
     }
 
-    /// A position whose voters are `voters` (for tests of machines).
-    #[cfg(test)]
+    /// A position whose voters are `voters` (for tests of machines and fuzzing).
+    #[doc(hidden)]
     pub fn with_voters(voters: &[u64]) -> Position {
         let membership = openraft::Membership::<u64, openraft::EmptyNode>::new_with_defaults(
             vec![voters.iter().copied().collect()],

@@ -212,6 +212,16 @@ pub fn parse(query: &str) -> Result<Box<dyn Query>, String> {
             trimmed.len()
         ));
     }
+    // A NUL or another control character in a field name ends tantivy's JSON paths early
+    // (found by fuzzing: `status\0:alarm` failed an assertion in tantivy).
+    if let Some((at, c)) =
+        (trimmed.char_indices()).find(|(_, c)| c.is_control() && !c.is_whitespace())
+    {
+        return Err(format!(
+            "the query holds a control character ({:#04x}) at position {at}",
+            u32::from(c)
+        ));
+    }
     // The parser recurses on parentheses: bound the depth before it sees the query.
     let mut depth = 0usize;
     for (at, c) in trimmed.char_indices() {
@@ -441,5 +451,9 @@ mod tests {
         ] {
             let _ = parse(q);
         }
+        // Found by fuzzing: a NUL in a field name failed an assertion inside tantivy.
+        let e = parse("status\0\0\0:alarm AND site:oslo").unwrap_err();
+        assert!(e.contains("control character (0x00) at position 6"), "{e}");
+        assert!(parse("a:1\tAND\nb:2").is_ok(), "whitespace is not refused");
     }
 }
