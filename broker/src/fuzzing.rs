@@ -42,6 +42,7 @@ pub fn agg_json(data: &[u8]) {
     };
     assert!(object, "serde_json reads an object, the extractor does not");
     let text = String::from_utf8_lossy(data);
+    let root = serde_json::Value::Object(doc);
     for ((name, _), got) in named.iter().zip(&out) {
         // Duplicate keys: serde_json keeps the last, JSON leaves it open; not compared.
         let keys: Vec<&str> = name.split('.').collect();
@@ -51,7 +52,7 @@ pub fn agg_json(data: &[u8]) {
         {
             continue;
         }
-        let mut at = Some(&serde_json::Value::Object(doc.clone()));
+        let mut at = Some(&root);
         for k in &keys {
             at = at.and_then(|v| v.as_object()).and_then(|o| o.get(*k));
         }

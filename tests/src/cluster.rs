@@ -121,15 +121,16 @@ impl TestNode {
     /// Fails the disk under the node's partition logs (every flush there fails as a failing
     /// `fsync` does, and so does opening a log) until [`TestNode::heal_disk`].
     pub fn fail_disk(&self) {
-        let topics = self.data_dir().join("topics");
-        std::fs::write(topics.join(strata_storage::fault::FAIL_DISK_MARKER), b"")
-            .expect("disk failure marker written");
+        std::fs::write(self.disk_failure_marker(), b"").expect("disk failure marker written");
     }
 
     /// Undoes [`TestNode::fail_disk`].
     pub fn heal_disk(&self) {
-        let marker = (self.data_dir().join("topics")).join(strata_storage::fault::FAIL_DISK_MARKER);
-        std::fs::remove_file(marker).expect("disk failure marker removed");
+        std::fs::remove_file(self.disk_failure_marker()).expect("disk failure marker removed");
+    }
+
+    fn disk_failure_marker(&self) -> PathBuf {
+        (self.data_dir().join("topics")).join(strata_storage::fault::FAIL_DISK_MARKER)
     }
 
     /// Whether its process runs.

@@ -349,33 +349,19 @@ impl Topics {
 
     async fn open_topic(&self, name: &str, meta: &TopicMeta) -> Result<Topic> {
         self.migrate_dir(name, meta.id)?;
-        let dir = self.dir_of(meta.id);
         let shared: Arc<str> = Arc::from(name);
         let mut partitions = Vec::new();
         for (p, replicas) in meta.replicas.iter().enumerate() {
             if !replicas.contains(&self.env.node_id) {
                 continue;
             }
-            let p = p as u32;
             let of = ReplicaOf {
                 topic: shared.clone(),
                 topic_id: meta.id,
-                partition: p,
+                partition: p as u32,
                 replicas: replicas.clone(),
             };
-            let partition = Partition::open(
-                &self.env,
-                &dir.join(p.to_string()),
-                of,
-                &self.replica,
-                &meta.config.search,
-                self.cluster.clone(),
-                None,
-            )
-            .await?;
-            let partition = Arc::new(partition);
-            crate::search::feed::start(&partition);
-            partitions.push(partition);
+            partitions.push(self.open_replica(of, &meta.config, None).await?);
         }
         Ok(Topic {
             name: name.to_string(),
@@ -386,6 +372,30 @@ impl Topics {
             node_id: self.env.node_id,
             cluster: self.cluster.clone(),
         })
+    }
+
+    /// Opens this node's replica `of` in its directory (see [`Partition::open`] for
+    /// `durable_below`) and starts its indexer.
+    async fn open_replica(
+        &self,
+        of: ReplicaOf,
+        config: &TopicConfig,
+        durable_below: Option<u64>,
+    ) -> Result<Arc<Partition>> {
+        let dir = self.dir_of(of.topic_id).join(of.partition.to_string());
+        let partition = Partition::open(
+            &self.env,
+            &dir,
+            of,
+            &self.replica,
+            &config.search,
+            self.cluster.clone(),
+            durable_below,
+        )
+        .await?;
+        let partition = Arc::new(partition);
+        crate::search::feed::start(&partition);
+        Ok(partition)
     }
 
     async fn remove_topic(&self, topic: &Topic) -> Result<()> {

@@ -160,10 +160,7 @@ impl Topics {
             durable_below
         };
         let current = self.get(topic)?;
-        let meta = (self.cluster.borrow().topics.get(topic).cloned())
-            .filter(|m| m.id == current.id)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
-        let replicas = (meta.replicas.get(partition as usize).cloned())
+        let replicas = (current.replicas.get(partition as usize).cloned())
             .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
         let of = ReplicaOf {
             topic: Arc::from(topic),
@@ -171,18 +168,9 @@ impl Topics {
             partition,
             replicas,
         };
-        let reopened = Partition::open(
-            &self.env,
-            &self.dir_of(current.id).join(partition.to_string()),
-            of,
-            &self.replica,
-            &meta.config.search,
-            self.cluster.clone(),
-            durable_below,
-        )
-        .await?;
-        let reopened = Arc::new(reopened);
-        crate::search::feed::start(&reopened);
+        let reopened = self
+            .open_replica(of, &current.config, durable_below)
+            .await?;
         let mut partitions = current.partitions.clone();
         partitions.push(reopened);
         partitions.sort_by_key(|p| p.id());
