@@ -91,6 +91,8 @@ pub struct NodeCounts {
     pub audit_dropped: u64,
     /// Request bytes client calls hold.
     pub in_flight_request_bytes: usize,
+    /// Times the controller replica was reopened after a failure.
+    pub controller_recoveries: u64,
 }
 
 impl Metrics {
@@ -221,6 +223,12 @@ impl Metrics {
             "replica_recoveries",
             "Replicas reopened from disk after a failure",
             topics.recoveries(),
+        );
+        counter(
+            &mut scrape,
+            "controller_recoveries",
+            "Times the controller replica was reopened from disk after a failure",
+            node.controller_recoveries,
         );
         counter(
             &mut scrape,

@@ -273,6 +273,10 @@ impl Broker {
                 let topics = topics.clone();
                 async move { topics.recover_failed().await }
             }),
+            tokio::spawn({
+                let cluster = cluster.clone();
+                async move { cluster.recover_failed().await }
+            }),
             tokio::spawn(crate::agg::reconcile::run(topics.clone(), cluster.clone())),
             tokio::spawn(emitter.run()),
             tokio::spawn(report_stopped_groups(env.groups.clone())),
@@ -359,8 +363,8 @@ fn grpc_server_builder(config: &Config) -> tonic::transport::Server {
 }
 
 /// Logs, once each, every Raft group whose core stopped on an error; `/health` says so and
-/// `strata_raft_groups_stopped` counts them. A partition's group is then reopened by
-/// `Topics::recover_failed`; the controller's needs a restart of the node.
+/// `strata_raft_groups_stopped` counts them. The group is then reopened by
+/// `Topics::recover_failed` (a partition's) or `Cluster::recover_failed` (the controller's).
 async fn report_stopped_groups(groups: crate::raft::Groups) {
     let mut reported = std::collections::BTreeSet::new();
     loop {

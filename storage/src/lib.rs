@@ -29,6 +29,7 @@
 //!   loaded sealed segments, and the recovery scan.
 //! - [`log`]: [`PartitionLog`] itself: append with group commit, reads, truncation, purge,
 //!   retention, recovery at open, the background [`Flusher`].
+//! - [`clock`]: the node's wall clock, skewable for the fault suite.
 //! - [`fault`]: fault injection (a failing disk under a directory) for tests and the fault
 //!   suite.
 //! - [`partitioner`]: which partition a keyed record goes to (Kafka's murmur2), shared by
@@ -37,6 +38,7 @@
 #![deny(unsafe_code)]
 
 pub mod batch;
+pub mod clock;
 pub mod durable;
 pub mod entry;
 mod error;

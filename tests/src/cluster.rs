@@ -1,7 +1,8 @@
 //! Multi-node harness: real `strata-test-node` processes on loopback ports, peer traffic over
 //! mutual TLS with a CA made for the cluster, every peer link between two nodes through a
 //! [`Proxy`] the test can cut, nodes killed with SIGKILL and restarted on the same data
-//! directory and ports.
+//! directory and ports, paused with SIGSTOP, their wall clocks skewed, and one node's data
+//! directory on a small file system of its own that a test fills.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -110,6 +111,9 @@ pub struct TestNode {
     dir: PathBuf,
     config_path: PathBuf,
     child: Option<Child>,
+    paused: bool,
+    /// Its data directory is a small file system of its own (see [`ClusterOptions`]).
+    small_disk: bool,
 }
 
 impl TestNode {
@@ -133,9 +137,61 @@ impl TestNode {
         (self.data_dir().join("topics")).join(strata_storage::fault::FAIL_DISK_MARKER)
     }
 
-    /// Whether its process runs.
+    /// Whether its process runs (paused or not).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether its process is paused ([`TestCluster::pause`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Whether its data directory is a small file system of its own, which
+    /// [`TestNode::fill_disk`] fills.
+    pub fn has_small_disk(&self) -> bool {
+        self.small_disk
+    }
+
+    /// Moves the node's wall clock `skew_ms` from the real one (negative: behind); it
+    /// follows within 50 ms, without a restart, and keeps the skew across restarts until
+    /// it is set to 0.
+    pub fn skew_clock(&self, skew_ms: i64) {
+        std::fs::write(self.clock_skew_file(), skew_ms.to_string()).expect("clock skew written");
+    }
+
+    fn clock_skew_file(&self) -> PathBuf {
+        self.dir.join("clock-skew")
+    }
+
+    fn ballast(&self) -> PathBuf {
+        self.data_dir().join("BALLAST")
+    }
+
+    /// Fills the node's small file system (every write there then fails with `ENOSPC`)
+    /// until [`TestNode::free_disk`]; returns the bytes it took.
+    pub fn fill_disk(&self) -> u64 {
+        assert!(self.small_disk, "node {} has no small disk", self.id);
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.ballast())
+            .expect("ballast file");
+        let mut written = 0u64;
+        for chunk in [1 << 20, 4096, 512] {
+            let zeros = vec![0u8; chunk];
+            while file.write_all(&zeros).is_ok() {
+                written += chunk as u64;
+            }
+        }
+        let _ = file.sync_all();
+        written
+    }
+
+    /// Frees what [`TestNode::fill_disk`] took.
+    pub fn free_disk(&self) {
+        let _ = std::fs::remove_file(self.ballast());
     }
 
     /// Its log file.
@@ -149,6 +205,57 @@ impl TestNode {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// What [`TestCluster::start_with`] sets up beside the nodes.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Puts this node's data directory on an ext4 file system of this many bytes of its
+    /// own (a loop mount; needs root), so that a test can fill it. If the machine cannot
+    /// mount one, the node runs on the ordinary disk and [`TestNode::has_small_disk`] says
+    /// so.
+    pub small_disk: Option<(u64, u64)>,
+}
+
+/// Mounts a fresh ext4 file system of `bytes` at `dir` (an image file beside it, looped);
+/// the reason if the machine cannot.
+fn mount_small_disk(dir: &Path, bytes: u64) -> Result<(), String> {
+    let image = dir.with_extension("img");
+    let run = |program: &str, args: &[&std::ffi::OsStr]| -> Result<(), String> {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+    file.set_len(bytes).map_err(|e| e.to_string())?;
+    // No blocks reserved for root: the tests run as root and must see the disk full.
+    run(
+        "mkfs.ext4",
+        &["-q", "-F", "-m", "0"]
+            .map(std::ffi::OsStr::new)
+            .into_iter()
+            .chain([image.as_os_str()])
+            .collect::<Vec<_>>(),
+    )?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    run(
+        "mount",
+        &[
+            std::ffi::OsStr::new("-o"),
+            std::ffi::OsStr::new("loop"),
+            image.as_os_str(),
+            dir.as_os_str(),
+        ],
+    )
 }
 
 /// A cluster of node processes with a proxy on every directed link.
@@ -198,6 +305,17 @@ impl TestCluster {
     /// peer TLS on and `tweak` applied to every node's configuration, and waits until they
     /// serve.
     pub async fn start(binary: &str, n: u64, tweak: impl Fn(&mut Config)) -> TestCluster {
+        Self::start_with(binary, n, ClusterOptions::default(), tweak).await
+    }
+
+    /// [`TestCluster::start`] with `options`.
+    #[allow(clippy::print_stderr)]
+    pub async fn start_with(
+        binary: &str,
+        n: u64,
+        options: ClusterOptions,
+        tweak: impl Fn(&mut Config),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let addresses: BTreeMap<u64, SocketAddr> = (1..=n).map(|id| (id, free_port())).collect();
         let peer_addresses: BTreeMap<u64, SocketAddr> =
@@ -219,6 +337,18 @@ impl TestCluster {
         for id in 1..=n {
             let node_dir = dir.path().join(format!("node-{id}"));
             std::fs::create_dir_all(&node_dir).expect("node directory");
+            let small_disk = match options.small_disk {
+                Some((node, bytes)) if node == id => {
+                    match mount_small_disk(&node_dir.join("data"), bytes) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            eprintln!("node {id} runs without a small disk: {why}");
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
             let peers: BTreeMap<u64, String> = (1..=n)
                 .map(|other| {
                     let address = if other == id {
@@ -255,6 +385,8 @@ impl TestCluster {
                 dir: node_dir,
                 config_path,
                 child: None,
+                paused: false,
+                small_disk,
             });
         }
         let mut cluster = TestCluster {
@@ -303,6 +435,7 @@ impl TestCluster {
             )
             // Lets a test fail the node's disk (`TestNode::fail_disk`).
             .env("STRATA_FAULT_INJECTION", "1")
+            .env("STRATA_CLOCK_SKEW_FILE", node.clock_skew_file())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -333,16 +466,45 @@ impl TestCluster {
         );
     }
 
-    /// SIGKILLs a node.
+    /// SIGKILLs a node (paused or not).
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.node_mut(id).child.take() {
+        let node = self.node_mut(id);
+        node.paused = false;
+        if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    fn signal(&self, id: u64, signal: &str) {
+        if let Some(child) = &self.node(id).child {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Pauses a running node with SIGSTOP (as a long GC pause, a stalled VM or a full
+    /// disk's blocked writes would) until [`TestCluster::resume`].
+    pub fn pause(&mut self, id: u64) {
+        if self.node(id).is_running() && !self.node(id).paused {
+            self.signal(id, "-STOP");
+            self.node_mut(id).paused = true;
+        }
+    }
+
+    /// Lets a paused node run on (SIGCONT).
+    pub fn resume(&mut self, id: u64) {
+        if self.node(id).paused {
+            self.signal(id, "-CONT");
+            self.node_mut(id).paused = false;
+        }
+    }
+
     /// Stops a node with SIGTERM (a clean shutdown) and waits for it to exit.
     pub fn stop(&mut self, id: u64) {
+        self.resume(id);
         if let Some(mut child) = self.node_mut(id).child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -372,6 +534,12 @@ impl TestCluster {
     pub fn cut(&self, a: u64, b: u64) {
         self.proxies[&(a, b)].cut();
         self.proxies[&(b, a)].cut();
+    }
+
+    /// Cuts the link from `from` to `to` only: `from`'s calls to `to` fail while `to`'s
+    /// calls to `from` (and their answers) go through.
+    pub fn cut_one_way(&self, from: u64, to: u64) {
+        self.proxies[&(from, to)].cut();
     }
 
     /// Heals every link.
@@ -494,6 +662,12 @@ impl Drop for TestCluster {
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             self.kill(id);
+        }
+        for node in self.nodes.iter().filter(|n| n.small_disk) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(node.data_dir())
+                .status();
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use strata_proto::v1;
@@ -66,9 +66,7 @@ pub struct AuditLog {
 pub struct AuditQueue(mpsc::Receiver<AuditEvent>);
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    strata_storage::clock::now_ms()
 }
 
 impl AuditLog {

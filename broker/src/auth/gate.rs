@@ -4,7 +4,7 @@
 //! there were users.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::acl::{self, Permission, ResourceKind};
 use super::audit::AuditLog;
@@ -63,9 +63,7 @@ pub struct Authenticator {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    strata_storage::clock::now_ms()
 }
 
 impl Authenticator {

@@ -1,9 +1,15 @@
 //! The node's view of its cluster: the controller group (every node is a voter), the
 //! cluster state it publishes, and proposing controller commands from any node (a node that
 //! does not lead the controller forwards the command to the one that does).
+//!
+//! A controller replica whose log fails a flush (a full or failing disk) or whose Raft core
+//! stops is reopened from disk without a restart, as a partition's is
+//! (`Topics::recover_failed`): [`Cluster::recover_failed`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,12 +59,12 @@ async fn propose_local(
 
 /// The controller commands other nodes forward here (see [`Cluster::propose`]).
 struct Forwarded {
-    controller: Group,
+    controller: Arc<RwLock<Group>>,
 }
 
 impl ForwardedProposals for Forwarded {
     fn propose(&self, body: Bytes) -> BoxFuture<'static, std::result::Result<Bytes, String>> {
-        let controller = self.controller.clone();
+        let controller = read(&self.controller);
         Box::pin(async move {
             let command: Command = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
             let result = propose_local(&controller, &command).await;
@@ -69,12 +75,40 @@ impl ForwardedProposals for Forwarded {
     }
 }
 
+fn read<T: Clone>(slot: &RwLock<T>) -> T {
+    slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn replace<T>(slot: &RwLock<T>, value: T) {
+    *slot.write().unwrap_or_else(|p| p.into_inner()) = value;
+}
+
+/// How often the controller replica is checked for a failure.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The wait before the first reopening, doubled after each failed one up to the most.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MOST_RETRY: Duration = Duration::from_secs(10);
+
+/// What opening the controller replica again takes.
+struct Opening {
+    dir: PathBuf,
+    log_config: LogConfig,
+    /// The voters, the preferred leader first.
+    members: Vec<u64>,
+    published: watch::Sender<Arc<ClusterState>>,
+}
+
 /// The cluster as this node takes part in it.
 pub struct Cluster {
     env: RaftEnv,
-    controller: Group,
+    /// The controller replica; replaced when it is reopened after a failure.
+    controller: Arc<RwLock<Group>>,
     state: watch::Receiver<Arc<ClusterState>>,
-    log: PartitionLog,
+    log: RwLock<PartitionLog>,
+    opening: Opening,
+    /// Why the controller replica is out, while it is being reopened.
+    failure: Mutex<Option<String>>,
+    recoveries: AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -94,30 +128,34 @@ impl Cluster {
         log_config: LogConfig,
         voters: &[u64],
     ) -> Result<Cluster> {
-        let log = open_log(dir, log_config, "controller", 0).await?;
         let (published, state) = watch::channel(Arc::new(ClusterState::default()));
         // Every node proposes the same membership; openraft accepts identical ones.
         let mut voters = voters.to_vec();
         voters.sort_unstable();
         let preferred = voters.iter().copied().min().unwrap_or(env.node_id);
-        let mut ordered = vec![preferred];
-        ordered.extend(voters.iter().copied().filter(|v| *v != preferred));
-        let controller = Group::start(
-            &env,
-            CONTROLLER_GROUP,
-            "controller",
-            log.clone(),
-            Box::new(ControllerMachine::new(published)),
-            None,
-            &ordered,
-        )
-        .await?;
+        let mut members = vec![preferred];
+        members.extend(voters.iter().copied().filter(|v| *v != preferred));
+        let opening = Opening {
+            dir: dir.to_owned(),
+            log_config,
+            members,
+            published,
+        };
+        let (log, controller) = opening.open(&env, None).await?;
         Ok(Cluster {
             env,
-            controller,
+            controller: Arc::new(RwLock::new(controller)),
             state,
-            log,
+            log: RwLock::new(log),
+            opening,
+            failure: Mutex::new(None),
+            recoveries: AtomicU64::new(0),
         })
+    }
+
+    /// The controller replica now.
+    fn controller(&self) -> Group {
+        read(&self.controller)
     }
 
     /// What the Raft service hands the commands other nodes forward to this one.
@@ -125,6 +163,72 @@ impl Cluster {
         Arc::new(Forwarded {
             controller: self.controller.clone(),
         })
+    }
+
+    /// Why the controller replica is out, while it is being reopened after a failure.
+    pub fn controller_failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Times the controller replica was reopened after a failure since the node started.
+    pub fn controller_recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
+
+    fn set_failure(&self, cause: Option<String>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = cause;
+    }
+
+    /// Watches the controller replica for as long as the node runs and, when its log fails
+    /// a flush or its Raft core stops, takes it out (another replica leads; commands
+    /// proposed here wait for a leader, as at an election) and reopens it from disk, the
+    /// entries not known durable cut; a reopening that fails is retried, backing off from
+    /// 100 ms to 10 s. `/health` says degraded meanwhile.
+    pub async fn recover_failed(&self) {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        loop {
+            tick.tick().await;
+            let log = read(&self.log);
+            let controller = self.controller();
+            let cause = (log.poisoned().map(|c| format!("log: {c}")))
+                .or_else(|| controller.status().stopped.map(|c| format!("raft: {c}")));
+            let Some(cause) = cause else { continue };
+            tracing::error!(%cause, "controller replica failed; taking it out and reopening it from disk");
+            self.set_failure(Some(cause));
+            let since = Instant::now();
+            let durable_below = log.durable_next();
+            self.env.groups.remove(CONTROLLER_GROUP);
+            if let Err(e) = controller.shutdown().await {
+                tracing::debug!(error = %e, "stopping the failed controller replica");
+            }
+            if let Err(e) = log.close() {
+                tracing::debug!(error = %e, "closing the failed controller log");
+            }
+            let mut wait = FIRST_RETRY;
+            let mut attempts = 1u32;
+            loop {
+                match self.opening.open(&self.env, durable_below).await {
+                    Ok((log, controller)) => {
+                        replace(&self.log, log);
+                        replace(&self.controller, controller);
+                        self.set_failure(None);
+                        self.recoveries.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(after = ?since.elapsed(), attempts, "controller replica reopened");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(attempts, retry_in = ?wait, error = %e, "controller replica not reopened yet");
+                        self.set_failure(Some(format!("reopening failed: {e}")));
+                        tokio::time::sleep(wait).await;
+                        wait = wait.saturating_mul(2).min(MOST_RETRY);
+                        attempts += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// This node's id.
@@ -149,18 +253,18 @@ impl Cluster {
 
     /// The controller replica's Raft status.
     pub fn controller_status(&self) -> GroupStatus {
-        self.controller.status()
+        self.controller().status()
     }
 
     /// The node leading the controller, if known.
     pub fn controller_leader(&self) -> Option<u64> {
-        self.controller.leader()
+        self.controller().leader()
     }
 
     /// Whether this node's controller replica has applied an entry of its current term (for
     /// a new leader: everything committed before it was elected).
     pub fn controller_caught_up(&self) -> bool {
-        self.controller.applied_own_term()
+        self.controller().applied_own_term()
     }
 
     /// A node's client address, if it registered one.
@@ -205,7 +309,7 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let mut last_error = String::from("no controller leader");
         loop {
-            let attempt = match propose_local(&self.controller, &command).await {
+            let attempt = match propose_local(&self.controller(), &command).await {
                 Err(ProposeError::NotLeader(Some(leader))) if leader != self.env.node_id => {
                     self.forward(leader, &command).await
                 }
@@ -244,10 +348,10 @@ impl Cluster {
     /// Stops the controller group and closes its log.
     pub async fn shutdown(&self) -> Result<()> {
         self.env.groups.remove(CONTROLLER_GROUP);
-        if let Err(e) = self.controller.shutdown().await {
+        if let Err(e) = self.controller().shutdown().await {
             tracing::warn!(error = %e, "controller did not stop cleanly");
         }
-        self.log
+        read(&self.log)
             .close()
             .map_err(|e| Error::from_storage("controller", 0, e))
     }
@@ -260,5 +364,42 @@ impl Cluster {
             .iter()
             .map(|(id, n)| (*id, n.address.clone()))
             .collect()
+    }
+}
+
+impl Opening {
+    /// Opens the controller's log (cutting it at `durable_below`, see [`open_log`]) and
+    /// starts the controller group over it, registered for the Raft service.
+    async fn open(
+        &self,
+        env: &RaftEnv,
+        durable_below: Option<u64>,
+    ) -> Result<(PartitionLog, Group)> {
+        let log = open_log(
+            &self.dir,
+            self.log_config.clone(),
+            "controller",
+            0,
+            durable_below,
+        )
+        .await?;
+        let machine = ControllerMachine::new(self.published.clone());
+        let started = Group::start(
+            env,
+            CONTROLLER_GROUP,
+            "controller",
+            log.clone(),
+            Box::new(machine),
+            None,
+            &self.members,
+        )
+        .await;
+        match started {
+            Ok(group) => Ok((log, group)),
+            Err(e) => {
+                let _ = log.close();
+                Err(e)
+            }
+        }
     }
 }

@@ -502,9 +502,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 fn new_member_id(client: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let nanos = strata_storage::clock::now_nanos() as u64;
     format!("{client}-{nanos:x}-{n}")
 }
 

@@ -126,18 +126,43 @@ impl std::fmt::Debug for Group {
 /// Opens the log a group keeps its entries in (creating its directory), on the blocking pool
 /// (recovery at open reads the active segment's tail). `topic` and `partition` name it in
 /// errors.
+///
+/// `durable_below`, when reopening a log that failed a flush, is the index before which its
+/// entries were known durable: the entries from it on are cut (they may be in the page
+/// cache only; a leader sends them again), so that the replica never counts towards a
+/// quorum for an entry its disk may not hold.
 pub async fn open_log(
     dir: &Path,
     config: LogConfig,
     topic: &str,
     partition: u32,
+    durable_below: Option<u64>,
 ) -> Result<PartitionLog> {
     let dir = dir.to_owned();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    tokio::task::spawn_blocking(move || PartitionLog::open(&dir, config))
+    let log = tokio::task::spawn_blocking(move || PartitionLog::open(&dir, config))
         .await
         .map_err(Error::task("open"))?
-        .map_err(|e| Error::from_storage(topic, partition, e))
+        .map_err(|e| Error::from_storage(topic, partition, e))?;
+    if let Some(below) = durable_below {
+        cut_undurable(&log, below, topic, partition).await?;
+    }
+    Ok(log)
+}
+
+/// Cuts the entries from index `below` on from a reopened `log` (see [`open_log`]).
+async fn cut_undurable(log: &PartitionLog, below: u64, topic: &str, id: u32) -> Result<()> {
+    let state = log.state();
+    if state.next_index <= below {
+        return Ok(());
+    }
+    let last = below.checked_sub(1).filter(|l| *l >= state.first_index);
+    tracing::warn!(%topic, partition = id, from = below, to = state.next_index, "cutting entries not known durable after a failed flush; the leader sends them again");
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.truncate_after(last))
+        .await
+        .map_err(Error::task("truncate"))?
+        .map_err(|e| Error::from_storage(topic, id, e))
 }
 
 impl Group {

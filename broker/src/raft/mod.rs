@@ -156,9 +156,7 @@ fn to_storage_log_id(id: &RaftLogId) -> strata_storage::LogId {
 /// `control` batch) a partition's control record.
 pub fn json_batch(value: &impl Serialize, control: bool) -> Result<RecordBatch, String> {
     let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = strata_storage::clock::now_ms();
     let mut b = strata_storage::BatchBuilder::with_capacity(json.len() + 128);
     if control {
         b = b.control();

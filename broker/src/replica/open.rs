@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use strata_storage::{LogConfig, PartitionLog};
+use strata_storage::LogConfig;
 use tokio::sync::watch;
 
 use super::Partition;
@@ -13,7 +13,7 @@ use super::producers::ProducerTable;
 use super::watermark::HighWatermark;
 use crate::agg::PartitionAggs;
 use crate::controller::{ClusterState, SearchSettings};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::raft::{Group, RaftEnv, open_log, partition_group};
 use crate::search::PartitionIndex;
 
@@ -45,9 +45,7 @@ impl Partition {
     /// by whoever registers the replica.
     ///
     /// `durable_below`, when reopening a replica whose log failed a flush, is the index
-    /// before which its entries were known durable: the entries from it on are cut from the
-    /// reopened log (they may be in the page cache only; a leader sends them again), so that
-    /// this replica never counts towards a quorum for an entry its disk may not hold.
+    /// before which its entries were known durable: see [`open_log`].
     pub async fn open(
         env: &RaftEnv,
         dir: &Path,
@@ -63,10 +61,7 @@ impl Partition {
             partition: id,
             replicas,
         } = of;
-        let log = open_log(dir, settings.log.clone(), &topic, id).await?;
-        if let Some(below) = durable_below {
-            cut_undurable(&log, below, &topic, id).await?;
-        }
+        let log = open_log(dir, settings.log.clone(), &topic, id, durable_below).await?;
         let high_watermark = HighWatermark::default();
         let producers = Arc::new(Mutex::new(ProducerTable::new(settings.producer_expiry_ms)));
         let aggs = Arc::new(Mutex::new(PartitionAggs::default()));
@@ -107,19 +102,4 @@ impl Partition {
             cluster,
         })
     }
-}
-
-/// Cuts the entries from index `below` on from a reopened `log` (see [`Partition::open`]).
-async fn cut_undurable(log: &PartitionLog, below: u64, topic: &str, id: u32) -> Result<()> {
-    let state = log.state();
-    if state.next_index <= below {
-        return Ok(());
-    }
-    let last = below.checked_sub(1).filter(|l| *l >= state.first_index);
-    tracing::warn!(%topic, partition = id, from = below, to = state.next_index, "cutting entries not known durable after a failed flush; the leader sends them again");
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || log.truncate_after(last))
-        .await
-        .map_err(Error::task("truncate"))?
-        .map_err(|e| Error::from_storage(topic, id, e))
 }

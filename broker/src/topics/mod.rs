@@ -444,9 +444,7 @@ impl Topics {
         if !dir.exists() {
             return Ok(());
         }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = strata_storage::clock::now_nanos();
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -487,9 +485,7 @@ impl Topics {
         tick.tick().await; // not at startup
         loop {
             tick.tick().await;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now = strata_storage::clock::now_ms();
             for topic in self.all() {
                 if !topic.config.has_retention() {
                     continue;

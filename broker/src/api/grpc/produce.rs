@@ -78,9 +78,7 @@ impl Api {
             max_ahead_ms: config.max_timestamp_ahead_ms,
             max_behind_ms: config.max_timestamp_behind_ms,
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = strata_storage::clock::now_ms();
         let mut results: Vec<v1::PartitionProduceResult> = request
             .batches
             .iter()

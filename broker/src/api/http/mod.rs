@@ -18,8 +18,8 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Ready when the node serves, no Raft group of it has stopped on an error and no replica
-/// of it is out after a failure (being reopened).
+/// Ready when the node serves, no Raft group of it has stopped on an error and neither a
+/// replica of it nor its controller replica is out after a failure (being reopened).
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let stopped: Vec<serde_json::Value> = node
         .cluster
@@ -40,7 +40,8 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
             })
         })
         .collect();
-    let whole = stopped.is_empty() && failed.is_empty();
+    let controller = node.cluster.controller_failure();
+    let whole = stopped.is_empty() && failed.is_empty() && controller.is_none();
     let serving = node.is_serving() && whole;
     let status = match (node.is_serving(), whole) {
         (true, true) => "serving",
@@ -53,6 +54,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "topics": node.topics.all().len(),
         "stopped_groups": stopped,
         "failed_replicas": failed,
+        "controller_failure": controller,
     });
     let code = if serving {
         StatusCode::OK
@@ -72,6 +74,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             stopped_groups: node.cluster.env().groups.stopped().len(),
             audit_dropped: node.auth.audit().dropped(),
             in_flight_request_bytes: node.request_budget.in_use(),
+            controller_recoveries: node.cluster.controller_recoveries(),
         };
         node.metrics.render(&node.topics, &node.groups, counts)
     })
