@@ -267,6 +267,23 @@ impl Cluster {
         self.controller().applied_own_term()
     }
 
+    /// Confirms that this node still leads the controller and has applied everything
+    /// committed (see [`Group::ensure_linearizable`]): reads of [`Cluster::current`] after it
+    /// see every command committed before the call.
+    pub async fn ensure_linearizable(&self, timeout: Duration) -> Result<()> {
+        self.controller()
+            .ensure_linearizable(timeout)
+            .await
+            .map_err(|e| match e {
+                WriteError::NotLeader(leader) => Error::NotLeader {
+                    what: "the controller".into(),
+                    leader,
+                    address: leader.and_then(|l| self.address_of(l)),
+                },
+                e => Error::Unavailable(format!("the controller cannot confirm its lead: {e}")),
+            })
+    }
+
     /// A node's client address, if it registered one.
     pub fn address_of(&self, node: u64) -> Option<String> {
         self.state.borrow().address_of(node)

@@ -160,6 +160,15 @@ impl Coordinator {
         })
     }
 
+    /// [`Groups::check_coordinator`], and then a confirmation that this node still leads
+    /// the controller with every committed command applied: for reads of committed
+    /// offsets, which a leader deposed without knowing it would answer from an old state
+    /// (offsets that seem to move backwards; a consumer starting before its last commit).
+    pub async fn check_coordinator_read(&self) -> Result<()> {
+        self.check_coordinator()?;
+        self.cluster.ensure_linearizable(READ_CONFIRM_TIMEOUT).await
+    }
+
     fn handle(&self, group: &str) -> Result<Arc<GroupHandle>> {
         names::validate(group)?;
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
@@ -265,18 +274,31 @@ impl Coordinator {
                     continue;
                 }
                 if let Some(assignment) = g.assignment_of(&member_id) {
-                    return Ok(Joined {
+                    Step::Joined(Joined {
                         member_id: member_id.clone(),
                         generation: g.generation(),
                         assignment: assignment.clone(),
                         heartbeat_interval: session_timeout / 3,
-                    });
+                    })
+                } else {
+                    Step::Wait(match g.state() {
+                        State::Rebalancing { deadline } => {
+                            deadline.saturating_duration_since(Instant::now())
+                        }
+                        _ => Duration::from_millis(100),
+                    })
                 }
-                match g.state() {
-                    State::Rebalancing { deadline } => {
-                        deadline.saturating_duration_since(Instant::now())
-                    }
-                    _ => Duration::from_millis(100),
+            };
+            let wait = match wait {
+                Step::Wait(wait) => wait,
+                Step::Joined(joined) => {
+                    // A commit of the previous generation that passed its check before the
+                    // rebalance may still be on its way through the controller: let it
+                    // apply first, or the member would read the offsets from before it and
+                    // later commit them over it (offsets moving backwards; found by the
+                    // fault suite). Commits check the generation under the same lock.
+                    drop(handle.committing.lock().await);
+                    return Ok(joined);
                 }
             };
             if Instant::now() > give_up {
@@ -350,6 +372,10 @@ impl Coordinator {
         offsets: Vec<(String, u32, u64)>,
     ) -> Result<()> {
         let handle = self.handle(group)?;
+        // The generation is checked under the commit lock, which a rebalance's members wait
+        // for (see `join`): no commit of an older generation applies after one of them
+        // reads its offsets.
+        let _one = handle.committing.lock().await;
         handle.lock().check_commit(member, generation)?;
         for (topic, partition, _) in &offsets {
             if *partition >= self.topics.get(topic)?.partition_count() {
@@ -359,7 +385,6 @@ impl Coordinator {
                 });
             }
         }
-        let _one = handle.committing.lock().await;
         let command = Command::CommitOffsets {
             group: group.to_string(),
             offsets,
@@ -494,6 +519,17 @@ fn new_handle(name: &str) -> GroupHandle {
         committing: tokio::sync::Mutex::new(()),
     }
 }
+
+/// What a joining member does next.
+enum Step {
+    /// Waits for the rebalance (at most this long before looking again).
+    Wait(Duration),
+    /// Has its assignment.
+    Joined(Joined),
+}
+
+/// How long a read of committed offsets waits for a quorum to confirm the coordinator.
+const READ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long an offset commit waits for the controller.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);

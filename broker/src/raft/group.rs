@@ -278,6 +278,29 @@ impl Group {
         }
     }
 
+    /// Confirms that this replica still leads — a quorum answers a heartbeat of its term
+    /// (openraft's ReadIndex) — and waits until it has applied everything committed before:
+    /// a read of its state afterwards is linearizable, never the view of a leader deposed
+    /// without knowing it (cut off, paused, or back from a failed disk).
+    pub async fn ensure_linearizable(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<(), WriteError> {
+        let read = self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(match e.forward_to_leader() {
+                Some(f) => WriteError::NotLeader(f.leader_id),
+                None => WriteError::Failed(e.to_string()),
+            }),
+            Err(_) => Err(WriteError::Failed(format!(
+                "no quorum confirmed the leader within {timeout:?}"
+            ))),
+        }
+    }
+
     /// Proposes `batches` as one submission (they are appended in order) and waits until
     /// each is applied or refused: the machine's answer for each.
     pub async fn write_many(

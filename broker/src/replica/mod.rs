@@ -57,6 +57,10 @@ pub struct Partition {
     high_watermark: HighWatermark,
     cluster: watch::Receiver<Arc<ClusterState>>,
     search: Option<Arc<PartitionIndex>>,
+    /// Set by [`Partition::close`]: the replica is out (taken out after a failure and
+    /// reopened as another `Partition`, or moved away); readers holding it must look the
+    /// partition up again.
+    closed: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -179,6 +183,12 @@ impl Partition {
 
     /// Reads whole batches from `offset`, up to the high watermark and about `max_bytes`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Fetched> {
+        if *self.closed.borrow() {
+            return Err(Error::Unavailable(format!(
+                "the replica of {}/{} on this node was closed (reopened after a failure, or moved); fetch again",
+                self.topic, self.id
+            )));
+        }
         let high_watermark = self.high_watermark();
         self.log
             .read_bounded(offset, max_bytes, high_watermark)
@@ -197,6 +207,11 @@ impl Partition {
     /// Follows the high watermark.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.high_watermark.subscribe()
+    }
+
+    /// Follows whether the replica was closed ([`Partition::close`]).
+    pub fn subscribe_closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 
     /// First offset still in the log.
@@ -315,6 +330,7 @@ impl Partition {
     /// Stops the search indexer and the Raft group, then flushes and closes the log; later
     /// appends fail.
     pub async fn close(&self) -> Result<()> {
+        self.closed.send_replace(true);
         if let Some(search) = &self.search {
             search.stop().await;
         }

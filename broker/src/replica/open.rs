@@ -100,6 +100,7 @@ impl Partition {
             aggs,
             high_watermark,
             cluster,
+            closed: watch::channel(false).0,
         })
     }
 }

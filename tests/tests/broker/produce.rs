@@ -290,7 +290,9 @@ async fn t05_a_burst_right_after_an_aggregation_is_created_is_all_counted() {
 /// reported — `/health` 503 `degraded` naming it, `strata_replicas_failed` — taken out and
 /// reopened from disk once the disk works again, without a restart; every acknowledged
 /// record is still there, a record sent meanwhile is stored at most once, and the
-/// partition takes writes again.
+/// partition takes writes again. A consumer following the partition throughout gets every
+/// record: its stream from the replica taken out ends, and it follows the reopened one
+/// (found by the fault suite: it waited on the old replica for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t06_a_log_that_failed_a_flush_is_reported_and_reopened_without_a_restart() {
     let broker = TestBroker::start_with(|c| c.http = Some("127.0.0.1:0".parse().unwrap())).await;
@@ -298,6 +300,11 @@ async fn t06_a_log_that_failed_a_flush_is_reported_and_reopened_without_a_restar
     let client = broker.client_with_topic("fragile", 2).await;
     let producer = client.producer().build();
     produce_to_each(&producer, "fragile", 2, 50, "before").await;
+    let mut follower = reader(&client, "fragile", [0], StartAt::Earliest).await;
+    for i in 0..50 {
+        let r = next_record(&mut follower).await;
+        assert_eq!(r.value.as_deref(), Some(format!("before-0-{i}").as_bytes()));
+    }
 
     let disk = broker.data_dir().join("topics");
     strata_storage::fault::fail_disk(&disk);
@@ -367,6 +374,12 @@ async fn t06_a_log_that_failed_a_flush_is_reported_and_reopened_without_a_restar
             got.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
         }
         assert_eq!(got, expected, "partition {p}");
+        if p == 0 {
+            for value in &expected[50..] {
+                let r = next_record(&mut follower).await;
+                assert_eq!(r.value.as_deref(), Some(value.as_bytes()));
+            }
+        }
         let d = client.admin().describe_topic("fragile").await.unwrap();
         assert_eq!(
             d.partitions[p as usize].high_watermark,

@@ -24,17 +24,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use strata_client::{AggregationSpec, Client, ProducerRecord, SearchQuery, StartAt};
+use strata_client::{AggregationSpec, Client, ProducerRecord, StartAt};
 use strata_tests::cluster::{ClusterOptions, TestCluster};
-use strata_tests::reader;
 
+use super::faults_check::{
+    check_aggregation, check_group, check_log, check_search, read_everything,
+};
 use super::support::{NODE, assert_same_logs, rf3};
 
-const TOPIC: &str = "events";
-const PARTITIONS: u32 = 3;
+pub(super) const TOPIC: &str = "events";
+pub(super) const PARTITIONS: u32 = 3;
 const GROUP: &str = "checkers";
-const AGGREGATION: &str = "per-site";
-const SITES: u64 = 5;
+pub(super) const AGGREGATION: &str = "per-site";
+pub(super) const SITES: u64 = 5;
 /// The node whose data directory is a small disk of its own, which the schedule fills.
 const SMALL_DISK_NODE: u64 = 3;
 const SMALL_DISK_BYTES: u64 = 256 << 20;
@@ -146,21 +148,43 @@ struct Report {
     acknowledged: u64,
     failed_sends: u64,
     stored: u64,
-    delivered: u64,
+    pub(super) delivered: u64,
     commits_seen: u64,
     disk_filled_bytes: u64,
 }
 
 /// What the producers, the group members and the offset watcher share with the checker.
 #[derive(Default)]
-struct Observed {
+pub(super) struct Observed {
     /// (worker, n) → (partition, offset) of every acknowledged event.
-    acked: BTreeMap<(u64, u64), (u32, u64)>,
-    failed: u64,
+    pub(super) acked: BTreeMap<(u64, u64), (u32, u64)>,
+    pub(super) failed: u64,
     /// (partition, offset) of every record a group member received.
-    delivered: BTreeSet<(u32, u64)>,
+    pub(super) delivered: BTreeSet<(u32, u64)>,
     /// Every committed offset read, in order: (when, partition, offset).
-    committed: Vec<(Duration, u32, u64)>,
+    pub(super) committed: Vec<(Duration, u32, u64)>,
+}
+
+/// `step` within `limit`, or a failure naming the seed and what hung.
+pub(super) async fn within<T>(
+    seed: u64,
+    what: &str,
+    limit: Duration,
+    step: impl Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(limit, step).await {
+        Ok(v) => v,
+        Err(_) => panic!("seed {seed}: {what} took longer than {limit:?}"),
+    }
+}
+
+/// Prints how far a run got (a hung run shows where).
+#[allow(clippy::print_stdout)]
+fn progress(seed: u64, started: Instant, what: &str) {
+    println!(
+        "seed {seed} at {:.1}s: {what}",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -422,6 +446,7 @@ async fn run(seed: u64, seconds: u64) -> Report {
     }
     println!("seed {seed} schedule: {:?}", report.schedule);
 
+    progress(seed, started, "faults healed; stopping the producers");
     stop_producing.store(true, Ordering::Relaxed);
     for p in producers {
         tokio::time::timeout(Duration::from_secs(90), p)
@@ -430,7 +455,17 @@ async fn run(seed: u64, seconds: u64) -> Report {
             .expect("a producer panicked");
     }
     // Every write has been answered: once all replicas agree, that is everything stored.
+    progress(
+        seed,
+        started,
+        "producers done; waiting for the replicas to agree",
+    );
     let marks = replicas_agree(&cluster, seed).await;
+    progress(
+        seed,
+        started,
+        "waiting for the group to commit the whole log",
+    );
     // Let the group read to the end, then stop it.
     let consumed_all = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -469,15 +504,31 @@ async fn run(seed: u64, seconds: u64) -> Report {
     for m in members {
         let _ = tokio::time::timeout(Duration::from_secs(30), m).await;
     }
-    let _ = watcher.await;
+    within(
+        seed,
+        "the offset watcher's end",
+        Duration::from_secs(10),
+        watcher,
+    )
+    .await
+    .expect("the offset watcher panicked");
 
+    progress(seed, started, "reading the log");
     let stored = read_everything(&client, &marks, seed).await;
     let seen = std::mem::take(&mut *lock(&seen));
     check_log(&seen, &stored, seed);
     check_group(&seen, &stored, seed);
+    progress(seed, started, "checking the aggregation and search");
     check_aggregation(&client, &stored, seed).await;
     check_search(&client, &stored, seed).await;
-    assert_same_logs(&mut cluster, TOPIC, PARTITIONS).await;
+    progress(seed, started, "comparing the replicas' logs");
+    within(
+        seed,
+        "stopping the nodes and comparing their logs",
+        Duration::from_secs(60),
+        assert_same_logs(&mut cluster, TOPIC, PARTITIONS),
+    )
+    .await;
 
     report.acknowledged = seen.acked.len() as u64;
     report.failed_sends = seen.failed;
@@ -505,7 +556,9 @@ async fn replicas_agree(cluster: &TestCluster, seed: u64) -> Vec<u64> {
     while Instant::now() < deadline {
         let mut all = Vec::new();
         for n in 1..=3 {
-            let Ok(c) = Client::connect(&cluster.node(n).address.to_string()).await else {
+            let address = cluster.node(n).address.to_string();
+            let connect = Client::connect(&address);
+            let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(3), connect).await else {
                 break;
             };
             let Ok(Ok(t)) =
@@ -528,233 +581,6 @@ async fn replicas_agree(cluster: &TestCluster, seed: u64) -> Vec<u64> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("seed {seed}: the replicas' high watermarks never agreed: {last:?}");
-}
-
-/// One stored event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stored {
-    partition: u32,
-    offset: u64,
-    w: u64,
-    n: u64,
-    v: u64,
-    t: i64,
-}
-
-impl Stored {
-    fn site(&self) -> u64 {
-        self.n % SITES
-    }
-}
-
-/// Every record of the topic, read from the start up to `marks`.
-async fn read_everything(client: &Client, marks: &[u64], seed: u64) -> Vec<Stored> {
-    use futures_util::StreamExt;
-    let mut consumer = reader(client, TOPIC, 0..PARTITIONS, StartAt::Earliest).await;
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = (0..PARTITIONS).all(|p| {
-            consumer
-                .position(TOPIC, p)
-                .is_some_and(|o| o >= marks[p as usize])
-        });
-        if done {
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "seed {seed}: reading the log stopped at {:?} of {marks:?}",
-            (0..PARTITIONS)
-                .map(|p| consumer.position(TOPIC, p))
-                .collect::<Vec<_>>()
-        );
-        match tokio::time::timeout(Duration::from_secs(3), consumer.next()).await {
-            Ok(Some(Ok(r))) => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(r.value.as_deref().unwrap_or(b"")).unwrap_or_else(|e| {
-                        panic!(
-                            "seed {seed}: record {}/{} is not an event: {e}",
-                            r.partition, r.offset
-                        )
-                    });
-                let field = |name: &str| {
-                    v[name].as_u64().unwrap_or_else(|| {
-                        panic!(
-                            "seed {seed}: record {}/{} lacks {name}",
-                            r.partition, r.offset
-                        )
-                    })
-                };
-                out.push(Stored {
-                    partition: r.partition,
-                    offset: r.offset,
-                    w: field("w"),
-                    n: field("n"),
-                    v: field("v"),
-                    t: v["t"].as_i64().unwrap_or_default(),
-                });
-            }
-            Ok(Some(Err(e))) => panic!("seed {seed}: reading the log failed: {e}"),
-            Ok(None) => panic!("seed {seed}: the reader's stream ended"),
-            // The last offsets may be control records, which no consumer receives.
-            Err(_) if !out.is_empty() => return out,
-            Err(_) => {}
-        }
-    }
-}
-
-/// No acknowledged event lost or moved, none stored twice, each producer's events in the
-/// order it sent them in every partition.
-fn check_log(seen: &Observed, stored: &[Stored], seed: u64) {
-    let mut at: BTreeMap<(u32, u64), (u64, u64)> = BTreeMap::new();
-    let mut copies: BTreeMap<(u64, u64), Vec<(u32, u64)>> = BTreeMap::new();
-    for s in stored {
-        at.insert((s.partition, s.offset), (s.w, s.n));
-        copies
-            .entry((s.w, s.n))
-            .or_default()
-            .push((s.partition, s.offset));
-    }
-    for (event, places) in &copies {
-        assert!(
-            places.len() == 1,
-            "seed {seed}: event {event:?} (worker, n) stored {} times, at {places:?}",
-            places.len()
-        );
-    }
-    for (event, place) in &seen.acked {
-        assert_eq!(
-            at.get(place),
-            Some(event),
-            "seed {seed}: acknowledged event {event:?} (worker, n) at partition/offset {place:?} is not there"
-        );
-    }
-    let mut last: BTreeMap<(u32, u64), (u64, u64)> = BTreeMap::new();
-    for s in stored {
-        if let Some((n, offset)) = last.insert((s.partition, s.w), (s.n, s.offset)) {
-            assert!(
-                n < s.n && offset < s.offset,
-                "seed {seed}: worker {} event {} at {}/{} comes after event {n} at offset {offset}",
-                s.w,
-                s.n,
-                s.partition,
-                s.offset
-            );
-        }
-    }
-}
-
-/// Committed offsets never move backwards, never pass the end of the log, and every record
-/// below the last commit reached a member.
-fn check_group(seen: &Observed, stored: &[Stored], seed: u64) {
-    let mut high: BTreeMap<u32, (Duration, u64)> = BTreeMap::new();
-    for (at, p, o) in &seen.committed {
-        if let Some((then, before)) = high.get(p) {
-            assert!(
-                o >= before,
-                "seed {seed}: partition {p}'s committed offset went back from {before} (read at {then:?}) to {o} (read at {at:?})"
-            );
-        }
-        high.insert(*p, (*at, *o));
-    }
-    for s in stored {
-        let committed = high.get(&s.partition).map_or(0, |(_, o)| *o);
-        if s.offset < committed {
-            assert!(
-                seen.delivered.contains(&(s.partition, s.offset)),
-                "seed {seed}: record {}/{} lies below the committed offset {committed} but reached no member",
-                s.partition,
-                s.offset
-            );
-        }
-    }
-}
-
-/// The aggregation's windows equal brute force over the log: (window start, site) →
-/// (count, sum of v).
-async fn check_aggregation(client: &Client, stored: &[Stored], seed: u64) {
-    let mut expected: BTreeMap<(i64, String), (u64, f64)> = BTreeMap::new();
-    for s in stored {
-        let e = expected
-            .entry((s.t.div_euclid(5_000) * 5_000, format!("s{}", s.site())))
-            .or_default();
-        e.0 += 1;
-        e.1 += s.v as f64;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut got = BTreeMap::new();
-    while Instant::now() < deadline {
-        if let Ok(r) = client
-            .aggregations()
-            .query(AGGREGATION, None, None, &[])
-            .await
-        {
-            got = r
-                .rows
-                .iter()
-                .map(|row| {
-                    let v = |i: usize| row.values[i].value.unwrap_or(f64::NAN);
-                    ((row.start_ms, row.group[0].clone()), (v(0) as u64, v(1)))
-                })
-                .collect();
-            if got == expected {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let differ: Vec<_> = expected
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), *v, got.get(k).copied()))
-        .take(10)
-        .collect();
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .take(10)
-        .collect();
-    panic!(
-        "seed {seed}: the aggregation differs from brute force in {} windows, e.g. (window, expected, got) {differ:?}; windows it has that the log lacks: {extra:?}",
-        expected
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(*v))
-            .count()
-    );
-}
-
-/// Search counts equal brute force over the log for a term, a range, a conjunction and all.
-async fn check_search(client: &Client, stored: &[Stored], seed: u64) {
-    type Case = (&'static str, fn(&Stored) -> bool);
-    let cases: [Case; 4] = [
-        ("*", |_| true),
-        ("site:s1", |s| s.site() == 1),
-        ("v:[10 TO 19]", |s| (10..=19).contains(&s.v)),
-        ("site:s2 AND w:1", |s| s.site() == 2 && s.w == 1),
-    ];
-    for (query, matches) in cases {
-        let expected = stored.iter().filter(|s| matches(s)).count() as u64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut got = None;
-        while Instant::now() < deadline {
-            got = client
-                .search()
-                .run(SearchQuery::new(query).topic(TOPIC).count_only())
-                .await
-                .ok()
-                .map(|r| r.total);
-            if got == Some(expected) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(
-            got,
-            Some(expected),
-            "seed {seed}: search `{query}` counts differ from brute force over the log"
-        );
-    }
 }
 
 /// The seed to run: `STRATA_SEED`, or one from the clock (printed).

@@ -1,4 +1,5 @@
-//! t36: consumer groups across the loss of the coordinator.
+//! t36, t39: consumer groups across the loss of the coordinator, and a deposed coordinator
+//! that does not know it.
 
 use std::time::Duration;
 
@@ -89,4 +90,115 @@ async fn t36_group_offsets_survive_the_loss_of_the_coordinator() {
     }
     values.sort_unstable();
     assert_eq!(values, (400..440).collect::<Vec<_>>());
+}
+
+/// t39 (found by the fault suite, seed 101): a controller leader cut off from the others
+/// goes on believing it leads until it hears of a newer term. Offsets committed through
+/// the new leader meanwhile must not look undone when the old one is asked: it answers no
+/// read of committed offsets it cannot confirm with a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t39_a_deposed_coordinator_answers_no_stale_offsets() {
+    use strata_proto::v1;
+    let cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client.admin().create_topic("grp", rf3(1)).await.unwrap();
+    let producer = client.producer().build();
+    for i in 0..10 {
+        producer
+            .send_and_wait(ProducerRecord::new("grp", i.to_string()))
+            .await
+            .unwrap();
+    }
+    let consume_and_commit = async |client: &strata_client::Client, n: usize| {
+        let mut consumer = client
+            .consumer()
+            .group("g")
+            .topic("grp")
+            .auto_commit(None)
+            .start_at(StartAt::Earliest)
+            .build()
+            .await
+            .unwrap();
+        for _ in 0..n {
+            next_record(&mut consumer).await;
+        }
+        consumer.commit().await.unwrap();
+        consumer.close().await.unwrap();
+    };
+    consume_and_commit(&client, 4).await;
+    let status = client
+        .admin()
+        .node_status(&cluster.node(1).address.to_string(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let old = status.controller_leader.expect("a controller leader");
+    cluster.isolate(old);
+    let survivors = (1..=3)
+        .filter(|id| *id != old)
+        .map(|id| cluster.node(id).address.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let survivors = strata_client::Client::connect(&survivors).await.unwrap();
+    // The others elect a leader and take the next commit.
+    let step = Duration::from_secs(5);
+    let committed = eventually(
+        Duration::from_secs(30),
+        "a commit through the new coordinator",
+        async || {
+            use futures_util::StreamExt;
+            let build = survivors
+                .consumer()
+                .group("g")
+                .topic("grp")
+                .auto_commit(None)
+                .start_at(StartAt::Earliest)
+                .build();
+            let mut consumer = tokio::time::timeout(step, build).await.ok()?.ok()?;
+            let mut last = 0;
+            while last < 9 {
+                let r = tokio::time::timeout(step, consumer.next())
+                    .await
+                    .ok()??
+                    .ok()?;
+                last = r.offset;
+            }
+            tokio::time::timeout(step, consumer.commit())
+                .await
+                .ok()?
+                .ok()?;
+            let _ = tokio::time::timeout(step, consumer.close()).await;
+            let admin = survivors.admin();
+            tokio::time::timeout(step, admin.committed_offsets("g"))
+                .await
+                .ok()?
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(committed, [("grp".to_string(), 0, 10)]);
+    // The old leader, asked directly on its client port (which still works), refuses.
+    let mut rpc =
+        v1::groups_client::GroupsClient::connect(format!("http://{}", cluster.node(old).address))
+            .await
+            .unwrap();
+    let read = rpc
+        .fetch_offsets(v1::FetchOffsetsRequest {
+            group: "g".into(),
+            partitions: vec![],
+        })
+        .await;
+    match read {
+        Err(status) => assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+            ) || status.message().contains("leader"),
+            "{status:?}"
+        ),
+        Ok(r) => panic!(
+            "the cut-off node {old} answered committed offsets {:?}",
+            r.into_inner().offsets
+        ),
+    }
+    cluster.heal_all();
 }

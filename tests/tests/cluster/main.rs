@@ -9,6 +9,7 @@
 
 mod aggregations;
 mod faults;
+mod faults_check;
 mod groups;
 mod replication;
 mod search;

@@ -29,6 +29,9 @@ struct Cursor {
     partition: Arc<Partition>,
     offset: u64,
     high_watermark: watch::Receiver<u64>,
+    /// Whether the replica was closed: a following stream must not wait on a replica that
+    /// was reopened as another one (its high watermark never moves again).
+    closed: watch::Receiver<bool>,
     done: bool,
 }
 
@@ -104,10 +107,12 @@ impl Api {
                 });
             }
             let high_watermark = partition.subscribe();
+            let closed = partition.subscribe_closed();
             cursors.push(Cursor {
                 partition,
                 offset: position.offset,
                 high_watermark,
+                closed,
                 done: false,
             });
         }
@@ -283,7 +288,12 @@ impl FetchJob {
         let waits = self.cursors.iter_mut().filter(|c| !c.done).map(|c| {
             let offset = c.offset;
             Box::pin(async move {
-                let _ = c.high_watermark.wait_for(|hw| *hw > offset).await;
+                // A closed replica wakes the wait: the next read answers UNAVAILABLE and
+                // the client fetches from the replica that replaced it.
+                tokio::select! {
+                    _ = c.high_watermark.wait_for(|hw| *hw > offset) => {}
+                    _ = c.closed.wait_for(|closed| *closed) => {}
+                }
             })
         });
         let any = select_all(waits);

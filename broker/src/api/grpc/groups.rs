@@ -110,7 +110,7 @@ impl v1::groups_server::Groups for Api {
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
         let group = &request.get_ref().group;
         self.allow(&request, ResourceKind::Group, group, Operation::Describe)?;
-        self.node.groups.check_coordinator()?;
+        self.node.groups.check_coordinator_read().await?;
         let r = request.into_inner();
         let wanted: Vec<(String, u32)> = r
             .partitions
@@ -135,7 +135,7 @@ impl v1::groups_server::Groups for Api {
         request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
         let caller = self.caller(&request)?;
-        self.node.groups.check_coordinator()?;
+        self.node.groups.check_coordinator_read().await?;
         let groups = self
             .node
             .groups
@@ -160,7 +160,7 @@ impl v1::groups_server::Groups for Api {
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
         let group = &request.get_ref().group;
         self.allow(&request, ResourceKind::Group, group, Operation::Describe)?;
-        self.node.groups.check_coordinator()?;
+        self.node.groups.check_coordinator_read().await?;
         let group = request.into_inner().group;
         let d = self.node.groups.describe(&group)?;
         Ok(Response::new(v1::DescribeGroupResponse {
