@@ -286,6 +286,27 @@ async fn t05_a_burst_right_after_an_aggregation_is_created_is_all_counted() {
     assert_eq!(total, 5_000.0);
 }
 
+/// `/health` once it answers 503 with a body holding `holding`; it says `degraded`.
+async fn wait_degraded(http: std::net::SocketAddr, holding: &str) -> serde_json::Value {
+    let health = eventually(WAIT, &format!("/health to hold {holding}"), async || {
+        let (status, body) = http_get(http, "/health").await;
+        (status.contains("503") && body.contains(holding)).then_some(body)
+    })
+    .await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    health
+}
+
+/// Waits until `/health` answers 200 again.
+async fn wait_whole(http: std::net::SocketAddr) {
+    eventually(WAIT, "/health to be whole again", async || {
+        let (status, _) = http_get(http, "/health").await;
+        status.contains("200").then_some(())
+    })
+    .await;
+}
+
 /// t06: a replica whose log fails a flush (an injected `EIO` under its directory) is
 /// reported — `/health` 503 `degraded` naming it, `strata_replicas_failed` — taken out and
 /// reopened from disk once the disk works again, without a restart; every acknowledged
@@ -319,13 +340,7 @@ async fn t06_a_log_that_failed_a_flush_is_reported_and_reopened_without_a_restar
                 .await
         })
     };
-    let health = eventually(WAIT, "/health to report the failed replica", async || {
-        let (status, body) = http_get(http, "/health").await;
-        (status.contains("503") && body.contains("\"failed_replicas\":[{")).then_some(body)
-    })
-    .await;
-    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
-    assert_eq!(health["status"], "degraded", "{health}");
+    let health = wait_degraded(http, "\"failed_replicas\":[{").await;
     let failed = &health["failed_replicas"][0];
     assert_eq!(failed["topic"], "fragile", "{health}");
     assert_eq!(failed["partition"], 0, "{health}");
@@ -346,11 +361,7 @@ async fn t06_a_log_that_failed_a_flush_is_reported_and_reopened_without_a_restar
     .await;
 
     strata_storage::fault::heal_disk(&disk);
-    eventually(WAIT, "/health to be whole again", async || {
-        let (status, _) = http_get(http, "/health").await;
-        status.contains("200").then_some(())
-    })
-    .await;
+    wait_whole(http).await;
     let (_, metrics) = http_get(http, "/metrics").await;
     assert!(metrics.contains("strata_replicas_failed 0"), "{metrics}");
     assert!(
@@ -404,24 +415,14 @@ async fn t07_a_controller_log_that_failed_a_flush_is_reopened_without_a_restart(
     let admin = client.admin();
     let refused = admin.create_topic("during", TopicSpec::partitions(1)).await;
     assert!(refused.is_err(), "{refused:?}");
-    let health = eventually(WAIT, "/health to report the controller", async || {
-        let (status, body) = http_get(http, "/health").await;
-        (status.contains("503") && body.contains("reopening failed")).then_some(body)
-    })
-    .await;
-    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
-    assert_eq!(health["status"], "degraded", "{health}");
+    let health = wait_degraded(http, "reopening failed").await;
     assert!(
         (health["controller_failure"].as_str().unwrap()).contains("injected disk failure"),
         "{health}"
     );
 
     strata_storage::fault::heal_disk(&disk);
-    eventually(WAIT, "/health to be whole again", async || {
-        let (status, _) = http_get(http, "/health").await;
-        status.contains("200").then_some(())
-    })
-    .await;
+    wait_whole(http).await;
     let (_, metrics) = http_get(http, "/metrics").await;
     assert!(
         metrics.contains("strata_controller_recoveries_total 1"),

@@ -191,12 +191,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Producer `w`: event `n` to partition `n % 3`, about one every `pace`, until `stop`;
 /// records every outcome.
 async fn produce(
@@ -227,7 +221,7 @@ async fn produce(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let record = ProducerRecord::new(TOPIC, event_json(w, n, wall_ms()))
+        let record = ProducerRecord::new(TOPIC, event_json(w, n, strata_storage::clock::now_ms()))
             .partition((n % u64::from(PARTITIONS)) as u32);
         match producer.send(record).await {
             Ok(ack) => pending.push_back((n, ack)),
@@ -588,7 +582,7 @@ fn first_seed() -> u64 {
     std::env::var("STRATA_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| wall_ms() as u64)
+        .unwrap_or_else(|| strata_storage::clock::now_ms() as u64)
 }
 
 /// t70: one short schedule (20 s of faults).

@@ -9,6 +9,26 @@ use strata_tests::{eventually, next_record};
 
 use super::support::{NODE, rf3};
 
+/// The node leading the controller (the group coordinator), as node 1 reports it.
+async fn controller_leader(cluster: &TestCluster, client: &strata_client::Client) -> u64 {
+    let status = client
+        .admin()
+        .node_status(&cluster.node(1).address.to_string(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    status.controller_leader.expect("a controller leader")
+}
+
+/// A client bootstrapped from every node but `lost`.
+async fn client_without(cluster: &TestCluster, lost: u64) -> strata_client::Client {
+    let others = (1..=3)
+        .filter(|id| *id != lost)
+        .map(|id| cluster.node(id).address.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    strata_client::Client::connect(&others).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t36_group_offsets_survive_the_loss_of_the_coordinator() {
     let mut cluster = TestCluster::start(NODE, 3, |_| {}).await;
@@ -46,19 +66,9 @@ async fn t36_group_offsets_survive_the_loss_of_the_coordinator() {
     drop(consumer);
 
     // The coordinator is the controller's leader: kill it.
-    let status = client
-        .admin()
-        .node_status(&cluster.node(1).address.to_string(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let coordinator = status.controller_leader.expect("a controller leader");
+    let coordinator = controller_leader(&cluster, &client).await;
     cluster.kill(coordinator);
-    let survivors = (1..=3)
-        .filter(|id| *id != coordinator)
-        .map(|id| cluster.node(id).address.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let client = strata_client::Client::connect(&survivors).await.unwrap();
+    let client = client_without(&cluster, coordinator).await;
     let committed = eventually(
         Duration::from_secs(30),
         "offsets from the new coordinator",
@@ -126,19 +136,9 @@ async fn t39_a_deposed_coordinator_answers_no_stale_offsets() {
         consumer.close().await.unwrap();
     };
     consume_and_commit(&client, 4).await;
-    let status = client
-        .admin()
-        .node_status(&cluster.node(1).address.to_string(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let old = status.controller_leader.expect("a controller leader");
+    let old = controller_leader(&cluster, &client).await;
     cluster.isolate(old);
-    let survivors = (1..=3)
-        .filter(|id| *id != old)
-        .map(|id| cluster.node(id).address.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let survivors = strata_client::Client::connect(&survivors).await.unwrap();
+    let survivors = client_without(&cluster, old).await;
     // The others elect a leader and take the next commit.
     let step = Duration::from_secs(5);
     let committed = eventually(
