@@ -28,8 +28,19 @@ impl ControllerMachine {
         }
     }
 
+    /// Publishes the state, unless this node has already published a later one: a replica
+    /// reopened after a failed disk starts over from its snapshot and replays its log, and
+    /// the node must not see those older states again (a topic created after the snapshot
+    /// would look deleted, and its replica here would be closed and its data removed).
     fn publish(&self) {
-        self.published.send_replace(Arc::new(self.state.clone()));
+        let at = self.state.position.applied_index();
+        self.published.send_if_modified(|current| {
+            if at < current.position.applied_index() {
+                return false;
+            }
+            *current = Arc::new(self.state.clone());
+            true
+        });
     }
 }
 
@@ -76,5 +87,71 @@ impl Machine for ControllerMachine {
         self.state = state;
         self.publish();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::TopicConfig;
+    use crate::controller::command::Command;
+    use crate::raft::Position;
+
+    fn create(name: &str) -> RecordBatch {
+        Command::CreateTopic {
+            name: name.into(),
+            config: TopicConfig {
+                partitions: 1,
+                replication_factor: 1,
+                retention_ms: None,
+                retention_bytes: None,
+                search: Default::default(),
+            },
+        }
+        .to_batch()
+        .unwrap()
+    }
+
+    /// A controller replica reopened after a failed disk replays its log from the start (or
+    /// its snapshot): the node must not see the topics it created since go away meanwhile.
+    #[test]
+    fn a_replica_replaying_its_log_publishes_no_older_state() {
+        let (published, seen) = watch::channel(Arc::new(ClusterState::default()));
+        let voters = Position::with_voters(&[1]);
+        let mut first = ControllerMachine::new(published.clone());
+        for (index, name) in [(1, "a"), (2, "b")] {
+            let at = voters.clone().applied_at(index);
+            first.apply(&at, &create(name));
+            first.applied(&at);
+        }
+        assert_eq!(seen.borrow().topics.len(), 2);
+
+        let mut reopened = ControllerMachine::new(published);
+        let at = voters.clone().applied_at(1);
+        reopened.apply(&at, &create("a"));
+        reopened.applied(&at);
+        assert_eq!(
+            seen.borrow().topics.len(),
+            2,
+            "an older state was published"
+        );
+        let snapshot = first.snapshot(&voters.clone().applied_at(1));
+        reopened
+            .restore(&voters.clone().applied_at(1), &snapshot)
+            .unwrap();
+        assert_eq!(
+            seen.borrow().topics.len(),
+            2,
+            "an older snapshot was published"
+        );
+
+        // Past what was published, it publishes again.
+        for (index, name) in [(2, "b"), (3, "c")] {
+            let at = voters.clone().applied_at(index);
+            reopened.apply(&at, &create(name));
+            reopened.applied(&at);
+        }
+        let names: Vec<_> = seen.borrow().topics.keys().cloned().collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 }

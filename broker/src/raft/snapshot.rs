@@ -67,6 +67,11 @@ impl Position {
         self.last_applied.is_some()
     }
 
+    /// The index of the last entry applied, if any.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.last_applied.map(|l| l.index)
+    }
+
     /// The group's voters as of the last membership applied.
     pub fn voters(&self) -> Vec<u64> {
         self.membership.membership().voter_ids().collect()
@@ -83,6 +88,16 @@ impl Position {
             membership: StoredMembership::new(None, membership),
             ..Position::default()
         }
+    }
+
+    /// This position, as if the entry at `index` (of term 1) was the last applied (for
+    /// tests of machines).
+    #[doc(hidden)]
+    pub fn applied_at(mut self, index: u64) -> Position {
+        self.last_applied = Some(super::to_raft_log_id(strata_storage::LogId::new(
+            1, 1, index,
+        )));
+        self
     }
 }
 

@@ -181,6 +181,42 @@ impl Partition {
         }
     }
 
+    /// Whether this replica may start serving a consumer at `offset`. Only the leader serves
+    /// consumers: a follower may be behind (cut off, paused, or just reopened after a failed
+    /// disk, its unflushed tail cut) and would answer from an old view. An offset outside
+    /// the log is out of range only for a leader that has applied everything committed
+    /// before its term; a new leader still catching up answers UNAVAILABLE, since an
+    /// out-of-range answer sends consumers back to the earliest offset (found by the fault
+    /// suite: committed offsets moving backwards while node 3's disk was full).
+    pub fn check_consumer_read(&self, offset: u64) -> Result<()> {
+        self.check_leads()?;
+        let state = self.log.state();
+        if (state.start_offset..=state.next_offset).contains(&offset) {
+            return Ok(());
+        }
+        if !self.leader_caught_up() {
+            return Err(Error::Unavailable(format!(
+                "the new leader of {}/{} is catching up; fetch again",
+                self.topic, self.id
+            )));
+        }
+        Err(Error::OffsetOutOfRange {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            offset,
+            start: state.start_offset,
+            end: self.high_watermark(),
+        })
+    }
+
+    /// NOT_LEADER, with the leader's address when known, unless this replica leads.
+    pub fn check_leads(&self) -> Result<()> {
+        match self.current_leader() {
+            Some(leader) if leader == self.node_id => Ok(()),
+            leader => Err(self.not_leader(leader)),
+        }
+    }
+
     /// Reads whole batches from `offset`, up to the high watermark and about `max_bytes`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Fetched> {
         if *self.closed.borrow() {

@@ -175,7 +175,9 @@ async fn start_positions(
     Ok(positions)
 }
 
-/// Resolves a start setting to offsets.
+/// Resolves a start setting to offsets, asking each partition's leader (only a leader
+/// answers: a follower's bounds may be old). A refusal notes the leader it names, so the
+/// caller's retry goes there.
 async fn resolve(
     shared: &Shared,
     partitions: &[(Arc<str>, u32)],
@@ -184,17 +186,20 @@ async fn resolve(
     if let StartAt::Offset(offset) = start {
         return Ok(partitions.iter().map(|k| (k.clone(), offset)).collect());
     }
-    let mut by_topic: BTreeMap<Arc<str>, Vec<u32>> = BTreeMap::new();
+    let client = &shared.settings.client;
+    let position = match start {
+        StartAt::Earliest => v1::offset_query::Position::Earliest(true),
+        StartAt::Latest | StartAt::Offset(_) => v1::offset_query::Position::Latest(true),
+        StartAt::Timestamp(ts) => v1::offset_query::Position::TimestampMs(ts),
+    };
+    let mut asks: BTreeMap<(Arc<str>, u64), Vec<u32>> = BTreeMap::new();
     for (t, p) in partitions {
-        by_topic.entry(t.clone()).or_default().push(*p);
+        let leaders = client.topic(t).await?.leaders.clone();
+        let leader = leaders.get(*p as usize).copied().unwrap_or(0);
+        asks.entry((t.clone(), leader)).or_default().push(*p);
     }
     let mut out = Vec::new();
-    for (topic, ps) in by_topic {
-        let position = match start {
-            StartAt::Earliest => v1::offset_query::Position::Earliest(true),
-            StartAt::Latest | StartAt::Offset(_) => v1::offset_query::Position::Latest(true),
-            StartAt::Timestamp(ts) => v1::offset_query::Position::TimestampMs(ts),
-        };
+    for ((topic, _), ps) in asks {
         let request = v1::ListOffsetsRequest {
             topic: topic.to_string(),
             partitions: ps
@@ -205,17 +210,17 @@ async fn resolve(
                 })
                 .collect(),
         };
-        let mut rpc =
-            v1::fetch_client::FetchClient::new(shared.settings.client.leader(&topic, ps[0]).await?);
-        for o in rpc
-            .list_offsets(request)
-            .await
-            .map_err(from_status)?
-            .into_inner()
-            .offsets
-        {
+        let mut rpc = v1::fetch_client::FetchClient::new(client.leader(&topic, ps[0]).await?);
+        let answer = rpc.list_offsets(request).await.map_err(|s| {
+            let e = from_status(s);
+            client.invalidate(&topic);
+            e
+        })?;
+        for o in answer.into_inner().offsets {
             if let Some(detail) = o.error {
-                return Err(Error::from_detail(detail));
+                let e = Error::from_detail(detail);
+                client.on_error(&topic, o.partition, &e);
+                return Err(e);
             }
             out.push(((topic.clone(), o.partition), o.offset));
         }

@@ -1,5 +1,6 @@
-//! t36, t39: consumer groups across the loss of the coordinator, and a deposed coordinator
-//! that does not know it.
+//! t36, t39, t72: consumer groups across the loss of the coordinator, a deposed coordinator
+//! that does not know it, and a replica behind its leader that must not send a consumer
+//! back to the start.
 
 use std::time::Duration;
 
@@ -201,4 +202,95 @@ async fn t39_a_deposed_coordinator_answers_no_stale_offsets() {
         ),
     }
     cluster.heal_all();
+}
+
+/// t72 (found by the fault suite, seeds 1004, 2002 and others): a replica behind its leader
+/// (here cut off; in the suite, node 3 with a full disk, its unflushed tail cut when it was
+/// reopened) answered a consumer whose position it had not reached yet with OFFSET OUT OF
+/// RANGE, and the consumer went back to the earliest offset and committed from there:
+/// committed offsets moved backwards (1975, then 2). Only the leader serves consumers now;
+/// a follower answers NOT_LEADER, which a consumer retries at the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t72_a_replica_behind_its_leader_sends_no_consumer_back_to_the_start() {
+    use strata_proto::v1;
+    let cluster = TestCluster::start(NODE, 3, |_| {}).await;
+    let client = cluster.client().await;
+    client.admin().create_topic("lag", rf3(1)).await.unwrap();
+    let producer = client.producer().build();
+    for i in 0..10 {
+        producer
+            .send_and_wait(ProducerRecord::new("lag", i.to_string()))
+            .await
+            .unwrap();
+    }
+    let leader = cluster.leader_of("lag", 0).await;
+    let behind = (1..=3).find(|n| *n != leader).unwrap();
+    cluster.isolate(behind);
+    let survivors = client_without(&cluster, behind).await;
+    let producer = survivors.producer().build();
+    let mut last = 0;
+    for i in 10..30 {
+        last = eventually(
+            Duration::from_secs(30),
+            "a produce without the cut-off replica",
+            async || {
+                producer
+                    .send_and_wait(ProducerRecord::new("lag", i.to_string()))
+                    .await
+                    .ok()
+            },
+        )
+        .await
+        .offset;
+    }
+    assert!(last >= 29, "{last}");
+    let detail = |status: &tonic::Status| -> v1::ErrorDetail {
+        prost::Message::decode(status.details()).expect("statuses carry an ErrorDetail")
+    };
+    let url = format!("http://{}", cluster.node(behind).address);
+    let mut fetch = v1::fetch_client::FetchClient::connect(url).await.unwrap();
+    // Past its log, and inside it: both refused as NOT_LEADER, never OUT OF RANGE.
+    for offset in [last + 1, 0] {
+        let read = fetch
+            .fetch(v1::FetchRequest {
+                topic: "lag".into(),
+                partitions: vec![v1::PartitionPosition {
+                    partition: 0,
+                    offset,
+                }],
+                max_wait_ms: 0,
+                ..Default::default()
+            })
+            .await;
+        match read {
+            Err(status) => assert_eq!(
+                detail(&status).code(),
+                v1::ErrorCode::NotLeader,
+                "fetch at {offset} from the replica behind: {status:?}"
+            ),
+            Ok(_) => panic!("node {behind}, cut off, served a consumer at {offset}"),
+        }
+    }
+    let offsets = fetch
+        .list_offsets(v1::ListOffsetsRequest {
+            topic: "lag".into(),
+            partitions: vec![v1::OffsetQuery {
+                partition: 0,
+                position: Some(v1::offset_query::Position::Latest(true)),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    let refused = offsets[0].error.as_ref().map(|d| d.code());
+    assert_eq!(refused, Some(v1::ErrorCode::NotLeader), "{offsets:?}");
+    // A consumer that knows only the node behind still reads on from its position (the
+    // refusal points it to the leader once the link is back).
+    cluster.heal_all();
+    let only_behind = cluster.client_of(behind).await;
+    let mut consumer = strata_tests::reader(&only_behind, "lag", [0], StartAt::Offset(25)).await;
+    for expected in 25..30 {
+        assert_eq!(next_record(&mut consumer).await.offset, expected);
+    }
 }

@@ -96,16 +96,7 @@ impl Api {
                 )));
             }
             let partition = topic.partition(position.partition)?.clone();
-            let (start, end) = (partition.start_offset(), partition.high_watermark());
-            if position.offset < start || position.offset > partition.next_offset() {
-                return Err(Error::OffsetOutOfRange {
-                    topic: topic.name.clone(),
-                    partition: position.partition,
-                    offset: position.offset,
-                    start,
-                    end,
-                });
-            }
+            partition.check_consumer_read(position.offset)?;
             let high_watermark = partition.subscribe();
             let closed = partition.subscribe_closed();
             cursors.push(Cursor {
@@ -148,13 +139,19 @@ impl Api {
             .partitions
             .iter()
             .map(|q| {
-                let found = topic.partition(q.partition).and_then(|p| match q.position {
-                    Some(v1::offset_query::Position::Earliest(_)) => Ok(p.start_offset()),
-                    Some(v1::offset_query::Position::Latest(_)) => Ok(p.high_watermark()),
-                    Some(v1::offset_query::Position::TimestampMs(ts)) => p.offset_for_timestamp(ts),
-                    None => Err(Error::InvalidArgument(
-                        "an offset query needs earliest, latest or a timestamp".into(),
-                    )),
+                // Only the leader answers: a follower's bounds may be old.
+                let found = topic.partition(q.partition).and_then(|p| {
+                    p.check_leads()?;
+                    match q.position {
+                        Some(v1::offset_query::Position::Earliest(_)) => Ok(p.start_offset()),
+                        Some(v1::offset_query::Position::Latest(_)) => Ok(p.high_watermark()),
+                        Some(v1::offset_query::Position::TimestampMs(ts)) => {
+                            p.offset_for_timestamp(ts)
+                        }
+                        None => Err(Error::InvalidArgument(
+                            "an offset query needs earliest, latest or a timestamp".into(),
+                        )),
+                    }
                 });
                 match found {
                     Ok(offset) => v1::PartitionOffset {
@@ -241,7 +238,11 @@ impl FetchJob {
                 continue;
             }
             let cursor = &mut self.cursors[i];
-            let response = match cursor.partition.read(cursor.offset, budget) {
+            // A stream outlives leadership: once this replica no longer leads, the consumer
+            // goes to the one that does (this one may fall behind, or be cut off).
+            let read = (cursor.partition.check_leads())
+                .and_then(|()| cursor.partition.read(cursor.offset, budget));
+            let response = match read {
                 Ok(fetched) if fetched.batches.is_empty() => continue,
                 Ok(fetched) => {
                     let bytes = fetched.bytes();
