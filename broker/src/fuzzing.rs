@@ -292,6 +292,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         Command::CommitOffsets {
             group: "g".into(),
             offsets: vec![("sensors".into(), 1, 5)],
+            term: Some(1),
         },
         Command::CreateAggregation { def: Box::new(def) },
         Command::AllocateProducerId { owner: None },

@@ -53,6 +53,12 @@ pub enum Command {
         group: String,
         /// (topic, partition, offset) triples.
         offsets: Vec<(String, u32, u64)>,
+        /// The controller term in which the coordinator checked the committer's generation:
+        /// the commit applies only if it was appended in that term, so a coordinator
+        /// deposed between its check and the append (its proposal forwarded to, or taken
+        /// over by, a newer leader) stores nothing. Absent in commits logged before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<u64>,
     },
     /// Forgets a consumer group's offsets.
     DeleteGroupOffsets {
@@ -185,7 +191,21 @@ impl ClusterState {
                 }
                 CommandResult::ProducerId { id }
             }
-            Command::CommitOffsets { group, offsets } => {
+            Command::CommitOffsets {
+                group,
+                offsets,
+                term,
+            } => {
+                let appended_in = self.position.applied_term();
+                if let Some(term) = term
+                    && appended_in.is_some_and(|t| t != term)
+                {
+                    return CommandResult::Invalid {
+                        message: format!(
+                            "the group coordinator of term {term} was deposed before this commit was stored; rejoin the group"
+                        ),
+                    };
+                }
                 let g = self.offsets.entry(group).or_default();
                 for (topic, partition, offset) in offsets {
                     g.entry(topic).or_default().insert(partition, offset);
@@ -335,6 +355,7 @@ mod tests {
             s.apply(Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![("v".into(), 1, 5)],
+                term: None,
             }),
             CommandResult::Ok
         );
@@ -388,14 +409,17 @@ mod tests {
             Command::CommitOffsets {
                 group: "../g".into(),
                 offsets: vec![("t".into(), 0, 1)],
+                term: None,
             },
             Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![("nope".into(), 0, 1)],
+                term: None,
             },
             Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![("t".into(), 2, 1)],
+                term: None,
             },
             Command::DeleteGroupOffsets {
                 group: String::new(),
@@ -500,8 +524,38 @@ mod tests {
         let c = Command::CommitOffsets {
             group: "g".into(),
             offsets: vec![("t".into(), 3, 42)],
+            term: None,
         };
         let batch = c.to_batch().unwrap();
         assert_eq!(Command::from_batch(&batch).unwrap(), c);
+    }
+
+    /// A commit checked by the coordinator of one term and appended in another (its
+    /// coordinator was deposed in between, found by the fault suite) stores nothing.
+    #[test]
+    fn a_commit_appended_in_another_term_than_its_check_is_refused() {
+        let mut s = state_with(&[1, 2, 3]);
+        s.apply(Command::CreateTopic {
+            name: "t".into(),
+            config: topic(1, 1),
+        });
+        s.position = Position::with_voters(&[1, 2, 3]).applied_at(7); // appended in term 1
+        let commit = |term| Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![("t".into(), 0, 40)],
+            term,
+        };
+        assert!(matches!(
+            s.apply(commit(Some(2))),
+            CommandResult::Invalid { .. }
+        ));
+        assert!(!s.offsets.contains_key("g"));
+        assert_eq!(s.apply(commit(Some(1))), CommandResult::Ok);
+        assert_eq!(
+            s.apply(commit(None)),
+            CommandResult::Ok,
+            "logged before the field"
+        );
+        assert_eq!(s.offsets["g"]["t"][&0], 40);
     }
 }

@@ -75,7 +75,7 @@ impl ClusterState {
                     None => Err(format!("aggregation `{}` has no output topic", a.def.name)),
                 }
             }
-            Command::CommitOffsets { group, offsets } => {
+            Command::CommitOffsets { group, offsets, .. } => {
                 name("group name", group)?;
                 if offsets.len() > MAX_COMMIT_OFFSETS {
                     return Err(format!(

@@ -77,6 +77,14 @@ impl Group {
         }
     }
 
+    /// An empty group whose generations count on from `generation`.
+    pub fn with_generation(name: &str, generation: u64) -> Self {
+        Group {
+            generation,
+            ..Group::new(name)
+        }
+    }
+
     /// Current generation (moves on at each completed rebalance).
     pub fn generation(&self) -> u64 {
         self.generation

@@ -102,6 +102,8 @@ struct GroupHandle {
     changed: watch::Sender<u64>,
     /// Serializes the group's commits.
     committing: tokio::sync::Mutex<()>,
+    /// The controller term of the reign it was created in (its commits carry it).
+    term: u64,
 }
 
 impl GroupHandle {
@@ -120,6 +122,10 @@ pub struct Coordinator {
     topics: Arc<Topics>,
     cluster: Arc<Cluster>,
     groups: Mutex<HashMap<String, Arc<GroupHandle>>>,
+    /// The controller term the groups in memory belong to. When this node leads in a new
+    /// term, they are forgotten (members rejoin): members of an earlier reign here must
+    /// not commit over what the coordinators since have taken.
+    reign: Mutex<u64>,
     session_bounds: (Duration, Duration),
 }
 
@@ -135,6 +141,7 @@ impl Coordinator {
             topics,
             cluster,
             groups: Mutex::new(HashMap::new()),
+            reign: Mutex::new(0),
             session_bounds,
         }
     }
@@ -146,6 +153,7 @@ impl Coordinator {
         let leader = self.cluster.controller_leader();
         if leader == Some(self.cluster.node_id()) {
             return if self.cluster.controller_caught_up() {
+                self.enter_reign(self.cluster.controller_status().term);
                 Ok(())
             } else {
                 Err(Error::Unavailable(
@@ -169,12 +177,34 @@ impl Coordinator {
         self.cluster.ensure_linearizable(READ_CONFIRM_TIMEOUT).await
     }
 
+    /// Forgets the groups of an earlier term when this node leads in `term`.
+    fn enter_reign(&self, term: u64) {
+        let mut reign = self.reign.lock().unwrap_or_else(|p| p.into_inner());
+        if *reign != term {
+            let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            if !groups.is_empty() {
+                tracing::info!(
+                    term,
+                    groups = groups.len(),
+                    "coordinating in a new term; members rejoin"
+                );
+            }
+            groups.clear();
+            *reign = term;
+        }
+    }
+
+    fn reign(&self) -> u64 {
+        *self.reign.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn handle(&self, group: &str) -> Result<Arc<GroupHandle>> {
         names::validate(group)?;
+        let term = self.reign();
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         Ok(groups
             .entry(group.to_string())
-            .or_insert_with(|| Arc::new(new_handle(group)))
+            .or_insert_with(|| Arc::new(new_handle(group, term)))
             .clone())
     }
 
@@ -388,6 +418,7 @@ impl Coordinator {
         let command = Command::CommitOffsets {
             group: group.to_string(),
             offsets,
+            term: Some(handle.term),
         };
         match self.cluster.propose(command, COMMIT_TIMEOUT).await? {
             CommandResult::Ok => Ok(()),
@@ -511,12 +542,15 @@ impl Coordinator {
     }
 }
 
-fn new_handle(name: &str) -> GroupHandle {
+/// A group's handle in the reign of `term`: its generations carry the term in their high 32
+/// bits, so no generation of one coordinator's reign is ever taken for another's.
+fn new_handle(name: &str, term: u64) -> GroupHandle {
     let (changed, _) = watch::channel(0);
     GroupHandle {
-        state: Mutex::new(Group::new(name)),
+        state: Mutex::new(Group::with_generation(name, term << 32)),
         changed,
         committing: tokio::sync::Mutex::new(()),
+        term,
     }
 }
 

@@ -67,6 +67,11 @@ impl Position {
         self.last_applied.is_some()
     }
 
+    /// The term of the last entry applied, if any.
+    pub fn applied_term(&self) -> Option<u64> {
+        self.last_applied.map(|l| l.leader_id.term)
+    }
+
     /// The index of the last entry applied, if any.
     pub fn applied_index(&self) -> Option<u64> {
         self.last_applied.map(|l| l.index)
