@@ -256,6 +256,11 @@ impl Cluster {
         self.controller().status()
     }
 
+    /// The controller replica's current term (cheap: no status is built).
+    pub fn controller_term(&self) -> u64 {
+        self.controller().term()
+    }
+
     /// The node leading the controller, if known.
     pub fn controller_leader(&self) -> Option<u64> {
         self.controller().leader()

@@ -153,7 +153,7 @@ impl Coordinator {
         let leader = self.cluster.controller_leader();
         if leader == Some(self.cluster.node_id()) {
             return if self.cluster.controller_caught_up() {
-                self.enter_reign(self.cluster.controller_status().term);
+                self.enter_reign(self.cluster.controller_term());
                 Ok(())
             } else {
                 Err(Error::Unavailable(

@@ -234,6 +234,11 @@ impl Group {
         }
     }
 
+    /// The replica's current term. One look at the metrics.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
     /// Whether this replica has applied an entry of its current term (see
     /// [`GroupStatus::applied_own_term`]).
     pub fn applied_own_term(&self) -> bool {
