@@ -99,7 +99,9 @@ async fn feed(
             let fetched = partition
                 .read(w.next, READ_BYTES)
                 .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
-            let end = fetched.next_offset.min(hwm);
+            // The read is bounded by the high watermark when it ran, which may be past
+            // `hwm`: every record it returned is committed.
+            let end = fetched.next_offset;
             let (pid, i) = (partition.id(), index.clone());
             w = blocking(w, move |w| {
                 w.add(&fetched.batches, end, pid, &i.projection, &i.counters)

@@ -165,7 +165,9 @@ impl Writer {
         })
     }
 
-    /// Adds the records of `batches` from `self.next` on; `end` is where the read stopped.
+    /// Adds the records of `[self.next, end)` in `batches`; `end` is where the read stopped.
+    /// Records from `end` on are left for the next call, which starts there: indexing them
+    /// now would index them twice.
     pub(super) fn add(
         &mut self,
         batches: &[bytes::Bytes],
@@ -189,7 +191,7 @@ impl Writer {
                 continue;
             }
             for record in batch.records() {
-                if record.offset < self.next {
+                if record.offset < self.next || record.offset >= end {
                     continue;
                 }
                 self.writer
@@ -344,6 +346,24 @@ mod tests {
         w.commit(&counters).unwrap();
         assert!(!w.due(true, 1, long_ago));
         assert_eq!(w.until_due(true, 1, long_ago), IDLE_CHECK);
+        w.close(&counters);
+    }
+
+    #[test]
+    fn records_past_where_a_read_stopped_are_indexed_once() {
+        // The feed read batches 0..10 with a high watermark that had moved on to 10 since
+        // it looked (6): the next read starts at 6, and 6..10 must not be there twice.
+        let dir = tempfile::tempdir().unwrap();
+        let counters = IndexCounters::default();
+        let mut w = Writer::open(&dir.path().join(INDEX_DIR), &counters).unwrap();
+        let all = batches(10);
+        w.add(&all, 6, 0, &Projection::default(), &counters)
+            .unwrap();
+        assert_eq!(w.next, 6);
+        w.add(&all[6..], 10, 0, &Projection::default(), &counters)
+            .unwrap();
+        w.commit(&counters).unwrap();
+        assert_eq!((w.next, w.reader.searcher().num_docs()), (10, 10));
         w.close(&counters);
     }
 
