@@ -71,6 +71,14 @@ pub fn index_batches(
     Ok(documents)
 }
 
+/// Why an existing index was not opened.
+enum Unusable {
+    /// Its files cannot be used: it is rebuilt from the log.
+    Damaged(String),
+    /// Another writer holds its lock.
+    Locked(tantivy::TantivyError),
+}
+
 /// The writing side, owned by the task (moved into blocking sections and back).
 pub(super) struct Writer {
     writer: IndexWriter,
@@ -91,7 +99,10 @@ impl Writer {
         match Self::open_existing(dir) {
             Ok(Some(w)) => return Ok(w),
             Ok(None) => {}
-            Err(reason) => {
+            // Another writer still holds it (one being closed): open again later, do not
+            // throw the index away.
+            Err(Unusable::Locked(e)) => return Err(e),
+            Err(Unusable::Damaged(reason)) => {
                 tracing::warn!(dir = %dir.display(), %reason, "search index unusable; rebuilding it from the log");
                 counters.rebuilds.fetch_add(1, Ordering::Relaxed);
                 std::fs::remove_dir_all(dir)?;
@@ -103,31 +114,34 @@ impl Writer {
     }
 
     /// `Ok(None)`: there is no index yet.
-    fn open_existing(dir: &Path) -> std::result::Result<Option<Writer>, String> {
+    fn open_existing(dir: &Path) -> std::result::Result<Option<Writer>, Unusable> {
+        let damaged = |e: &dyn std::fmt::Display| Unusable::Damaged(e.to_string());
         if !dir.join("meta.json").exists() {
             if dir.exists() {
-                return Err("no meta.json".into());
+                return Err(damaged(&"no meta.json"));
             }
             return Ok(None);
         }
-        let index = Index::open_in_dir(dir).map_err(|e| e.to_string())?;
+        let index = Index::open_in_dir(dir).map_err(|e| damaged(&e))?;
         if index.schema() != SCHEMA.0 {
-            return Err("schema differs".into());
+            return Err(damaged(&"schema differs"));
         }
-        let metas = index.load_metas().map_err(|e| e.to_string())?;
+        let metas = index.load_metas().map_err(|e| damaged(&e))?;
         let payload = match metas.payload {
-            Some(p) => serde_json::from_str::<Payload>(&p).map_err(|e| e.to_string())?,
+            Some(p) => serde_json::from_str::<Payload>(&p).map_err(|e| damaged(&e))?,
             None if metas.segments.is_empty() => Payload::default(),
-            None => return Err("documents without a payload".into()),
+            None => return Err(damaged(&"documents without a payload")),
         };
-        let w = Self::with_index(index, payload).map_err(|e| e.to_string())?;
+        let w = Self::with_index(index, payload).map_err(|e| match e {
+            e @ tantivy::TantivyError::LockFailure(..) => Unusable::Locked(e),
+            e => damaged(&e),
+        })?;
         // Opening every segment reader reads their footers and term dictionaries' headers.
         let searcher = w.reader.searcher();
         for segment in searcher.segment_readers() {
-            segment
-                .fast_fields()
-                .u64("offset")
-                .map_err(|e| format!("segment {:?}: {e}", segment.segment_id()))?;
+            segment.fast_fields().u64("offset").map_err(|e| {
+                Unusable::Damaged(format!("segment {:?}: {e}", segment.segment_id()))
+            })?;
         }
         Ok(Some(w))
     }
@@ -382,6 +396,15 @@ mod tests {
         std::fs::write(path.join("meta.json"), b"{\"segments\": [").unwrap();
         let w = Writer::open(&path, &counters).unwrap();
         assert_eq!((w.next, w.reader.searcher().num_docs()), (0, 0));
+        assert_eq!(counters.rebuilds.load(Ordering::Relaxed), 1);
+        w.close(&counters);
+
+        // Held by another writer: an error to retry on, and the index is kept.
+        let w = Writer::open(&path, &counters).unwrap();
+        assert!(matches!(
+            Writer::open(&path, &counters),
+            Err(tantivy::TantivyError::LockFailure(..))
+        ));
         assert_eq!(counters.rebuilds.load(Ordering::Relaxed), 1);
         w.close(&counters);
 
