@@ -157,6 +157,11 @@ pub async fn reader(
     }
 }
 
+/// The error detail a Strata status carries (every error status carries one).
+pub fn error_detail(status: &tonic::Status) -> strata_proto::v1::ErrorDetail {
+    prost::Message::decode(status.details()).expect("statuses carry an ErrorDetail")
+}
+
 /// The names of the topics `client` may see.
 pub async fn topic_names(client: &Client) -> Vec<String> {
     client

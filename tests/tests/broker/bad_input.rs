@@ -3,13 +3,9 @@
 use futures_util::StreamExt;
 use strata_client::{ErrorCode, ProducerRecord, StartAt, TopicSpec};
 use strata_proto::v1;
-use strata_tests::{TestBroker, eventually, next_record, reader};
+use strata_tests::{TestBroker, error_detail, eventually, next_record, reader};
 
 use super::WAIT;
-
-fn detail(status: &tonic::Status) -> v1::ErrorDetail {
-    prost::Message::decode(status.details()).expect("statuses carry an ErrorDetail")
-}
 
 fn batch_bytes(values: &[&[u8]]) -> Vec<u8> {
     let mut b = strata_storage::BatchBuilder::new();
@@ -46,7 +42,7 @@ async fn t20_bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(
-        (status.code(), detail(&status).code()),
+        (status.code(), error_detail(&status).code()),
         (tonic::Code::NotFound, v1::ErrorCode::UnknownTopic)
     );
 
@@ -170,7 +166,7 @@ async fn t20_bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(
-        (status.code(), detail(&status).code()),
+        (status.code(), error_detail(&status).code()),
         (tonic::Code::OutOfRange, v1::ErrorCode::OffsetOutOfRange)
     );
 
@@ -571,7 +567,7 @@ async fn t25_request_bytes_in_flight_are_bounded_node_wide() {
         refused.message().contains("max_in_flight_request_bytes"),
         "{refused:?}"
     );
-    assert_eq!(detail(&refused).code(), v1::ErrorCode::Unavailable);
+    assert_eq!(error_detail(&refused).code(), v1::ErrorCode::Unavailable);
     let held = held().await;
     assert!((1_800 << 10..=2 << 20).contains(&held), "{held} bytes held");
     // Small calls are still served.

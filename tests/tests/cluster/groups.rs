@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use strata_client::{ProducerRecord, StartAt};
 use strata_tests::cluster::TestCluster;
-use strata_tests::{eventually, next_record};
+use strata_tests::{error_detail, eventually, next_record};
 
 use super::support::{NODE, rf3};
 
@@ -244,9 +244,6 @@ async fn t72_a_replica_behind_its_leader_sends_no_consumer_back_to_the_start() {
         .offset;
     }
     assert!(last >= 29, "{last}");
-    let detail = |status: &tonic::Status| -> v1::ErrorDetail {
-        prost::Message::decode(status.details()).expect("statuses carry an ErrorDetail")
-    };
     let url = format!("http://{}", cluster.node(behind).address);
     let mut fetch = v1::fetch_client::FetchClient::connect(url).await.unwrap();
     // Past its log, and inside it: both refused as NOT_LEADER, never OUT OF RANGE.
@@ -264,7 +261,7 @@ async fn t72_a_replica_behind_its_leader_sends_no_consumer_back_to_the_start() {
             .await;
         match read {
             Err(status) => assert_eq!(
-                detail(&status).code(),
+                error_detail(&status).code(),
                 v1::ErrorCode::NotLeader,
                 "fetch at {offset} from the replica behind: {status:?}"
             ),
