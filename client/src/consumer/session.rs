@@ -192,25 +192,30 @@ async fn resolve(
         StartAt::Latest | StartAt::Offset(_) => v1::offset_query::Position::Latest(true),
         StartAt::Timestamp(ts) => v1::offset_query::Position::TimestampMs(ts),
     };
-    let mut asks: BTreeMap<(Arc<str>, u64), Vec<u32>> = BTreeMap::new();
+    let mut by_topic: BTreeMap<Arc<str>, Vec<(u32, ())>> = BTreeMap::new();
     for (t, p) in partitions {
-        let leaders = client.topic(t).await?.leaders.clone();
-        let leader = leaders.get(*p as usize).copied().unwrap_or(0);
-        asks.entry((t.clone(), leader)).or_default().push(*p);
+        by_topic.entry(t.clone()).or_default().push((*p, ()));
+    }
+    let mut asks = Vec::new();
+    for (topic, ps) in by_topic {
+        let leaders = client.topic(&topic).await?.leaders.clone();
+        for ps in by_leader(&leaders, ps).into_values() {
+            asks.push((topic.clone(), ps));
+        }
     }
     let mut out = Vec::new();
-    for ((topic, _), ps) in asks {
+    for (topic, ps) in asks {
         let request = v1::ListOffsetsRequest {
             topic: topic.to_string(),
             partitions: ps
                 .iter()
-                .map(|p| v1::OffsetQuery {
+                .map(|(p, ())| v1::OffsetQuery {
                     partition: *p,
                     position: Some(position),
                 })
                 .collect(),
         };
-        let mut rpc = v1::fetch_client::FetchClient::new(client.leader(&topic, ps[0]).await?);
+        let mut rpc = v1::fetch_client::FetchClient::new(client.leader(&topic, ps[0].0).await?);
         let answer = rpc.list_offsets(request).await.map_err(|s| {
             let e = from_status(s);
             client.invalidate(&topic);
@@ -310,14 +315,7 @@ async fn spawn_fetchers(
         .await
         .map(|t| t.leaders.clone())
         .unwrap_or_default();
-    let mut by_leader: BTreeMap<u64, Vec<(u32, u64)>> = BTreeMap::new();
-    for (p, o) in positions {
-        by_leader
-            .entry(leaders.get(p as usize).copied().unwrap_or(0))
-            .or_default()
-            .push((p, o));
-    }
-    for (_, positions) in by_leader {
+    for positions in by_leader(&leaders, positions).into_values() {
         set.spawn(fetcher::run(
             shared.clone(),
             epoch,
@@ -326,6 +324,17 @@ async fn spawn_fetchers(
             tx.clone(),
         ));
     }
+}
+
+/// Groups a topic's `(partition, item)` pairs by the node leading the partition in
+/// `leaders` (0 when not known): one request or fetcher per leader.
+fn by_leader<T>(leaders: &[u64], items: Vec<(u32, T)>) -> BTreeMap<u64, Vec<(u32, T)>> {
+    let mut out: BTreeMap<u64, Vec<(u32, T)>> = BTreeMap::new();
+    for (p, item) in items {
+        let leader = leaders.get(p as usize).copied().unwrap_or(0);
+        out.entry(leader).or_default().push((p, item));
+    }
+    out
 }
 
 /// Decides how to go on after a fetcher ended; returns the positions to restart from.
