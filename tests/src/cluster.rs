@@ -651,12 +651,20 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // The data directories go with the test: show what the nodes said.
+            // `STRATA_TEST_KEEP_LOGS=<dir>` keeps each node's whole log there.
+            let keep = std::env::var_os("STRATA_TEST_KEEP_LOGS").map(PathBuf::from);
             for node in &self.nodes {
                 eprintln!(
                     "---- node {} log (end) ----\n{}",
                     node.id,
                     node.log_tail(40)
                 );
+                if let Some(dir) = &keep {
+                    let to = dir.join(format!("node-{}.log", node.id));
+                    let kept = std::fs::create_dir_all(dir)
+                        .and_then(|()| std::fs::copy(node.log_path(), &to));
+                    eprintln!("node {} log kept in {}: {kept:?}", node.id, to.display());
+                }
             }
         }
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();

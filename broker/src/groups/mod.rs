@@ -415,13 +415,20 @@ impl Coordinator {
                 });
             }
         }
+        let offsets_debug =
+            tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{offsets:?}"));
         let command = Command::CommitOffsets {
             group: group.to_string(),
             offsets,
             term: Some(handle.term),
         };
         match self.cluster.propose(command, COMMIT_TIMEOUT).await? {
-            CommandResult::Ok => Ok(()),
+            CommandResult::Ok => {
+                if let Some(offsets) = offsets_debug {
+                    tracing::debug!(group, member, generation, term = handle.term, %offsets, "offsets committed");
+                }
+                Ok(())
+            }
             CommandResult::Invalid { message } => Err(Error::InvalidArgument(message)),
             other => Err(other.unexpected()),
         }
@@ -431,6 +438,7 @@ impl Coordinator {
     pub fn committed(&self, group: &str, partitions: &[(String, u32)]) -> Result<Offsets> {
         names::validate(group)?;
         let all = self.stored(group);
+        tracing::debug!(group, ?partitions, offsets = ?all, "committed offsets read");
         if partitions.is_empty() {
             return Ok(all);
         }

@@ -57,7 +57,7 @@ impl v1::fetch_server::Fetch for Api {
     ) -> Result<Response<Self::FetchStream>, Status> {
         let topic = &request.get_ref().topic;
         self.allow(&request, ResourceKind::Topic, topic, Operation::Read)?;
-        Ok(Response::new(self.start_fetch(request.into_inner())?))
+        Ok(Response::new(self.start_fetch(request.into_inner()).await?))
     }
 
     async fn list_offsets(
@@ -73,7 +73,7 @@ impl v1::fetch_server::Fetch for Api {
 }
 
 impl Api {
-    fn start_fetch(
+    async fn start_fetch(
         &self,
         request: v1::FetchRequest,
     ) -> Result<ReceiverStream<Result<v1::FetchResponse, Status>>, Error> {
@@ -96,7 +96,7 @@ impl Api {
                 )));
             }
             let partition = topic.partition(position.partition)?.clone();
-            partition.check_consumer_read(position.offset)?;
+            partition.check_consumer_read(position.offset).await?;
             let high_watermark = partition.subscribe();
             let closed = partition.subscribe_closed();
             cursors.push(Cursor {
