@@ -116,6 +116,23 @@ pub enum Error {
         /// The group's generation.
         current: u64,
     },
+    /// A member committed a partition its generation's assignment does not give it (its
+    /// positions are from another assignment).
+    #[error(
+        "member `{member}` of group `{group}` is not assigned {topic}/{partition} in generation {generation}; rejoin the group"
+    )]
+    NotAssigned {
+        /// The group.
+        group: String,
+        /// The member id given.
+        member: String,
+        /// The topic committed.
+        topic: String,
+        /// The partition committed.
+        partition: u32,
+        /// The generation given.
+        generation: u64,
+    },
     /// A manual (member-less) commit to a group that has members.
     #[error("group `{0}` has active members; commit as one of them")]
     GroupHasMembers(String),

@@ -406,7 +406,11 @@ impl Coordinator {
         // for (see `join`): no commit of an older generation applies after one of them
         // reads its offsets.
         let _one = handle.committing.lock().await;
-        handle.lock().check_commit(member, generation)?;
+        handle.lock().check_commit(
+            member,
+            generation,
+            offsets.iter().map(|(t, p, _)| (t.as_str(), *p)),
+        )?;
         for (topic, partition, _) in &offsets {
             if *partition >= self.topics.get(topic)?.partition_count() {
                 return Err(Error::UnknownPartition {

@@ -195,6 +195,10 @@ pub(crate) struct State {
     /// Moves at every new assignment; chunks of older epochs are dropped.
     pub epoch: u64,
     pub assignment: Vec<(Arc<str>, u32)>,
+    /// The (member id, generation) the assignment came with: commits carry it, never a
+    /// newer generation joined since (the coordinator would take this assignment's
+    /// positions for the new one's).
+    pub member: Option<(String, u64)>,
     /// (topic, partition) → offset after the last record the application received.
     pub consumed: HashMap<(Arc<str>, u32), u64>,
 }
@@ -220,10 +224,10 @@ impl Shared {
                 "commits need a group (ConsumerBuilder::group)".into(),
             ));
         };
-        let (member_id, generation) = lock(&self.membership).clone().unwrap_or_default();
-        let offsets: Vec<v1::OffsetCommit> = {
+        let (member_id, generation, offsets) = {
             let state = lock(&self.state);
-            state
+            let (member_id, generation) = state.member.clone().unwrap_or_default();
+            let offsets: Vec<v1::OffsetCommit> = state
                 .assignment
                 .iter()
                 .filter_map(|key| {
@@ -233,7 +237,8 @@ impl Shared {
                         offset: *o,
                     })
                 })
-                .collect()
+                .collect();
+            (member_id, generation, offsets)
         };
         if offsets.is_empty() {
             return Ok(());

@@ -42,6 +42,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: mpsc::Sender<Chunk>) {
                 continue;
             }
         };
+        let joined_as = lock(&shared.membership).clone();
         let mut positions = match start_positions(&shared, &assignment).await {
             Ok(p) => p,
             Err(e) => {
@@ -62,6 +63,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: mpsc::Sender<Chunk>) {
             }
             state.epoch += 1;
             state.assignment = assignment;
+            state.member = joined_as;
             state.consumed = positions.clone();
             state.epoch
         };

@@ -27,7 +27,7 @@ pub fn code(e: &Error) -> ErrorCode {
         Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         Error::Storage { .. } | Error::Io { .. } => ErrorCode::StorageError,
         Error::UnknownMember { .. } => ErrorCode::UnknownMember,
-        Error::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        Error::IllegalGeneration { .. } | Error::NotAssigned { .. } => ErrorCode::IllegalGeneration,
         Error::UnknownGroup(_) => ErrorCode::UnknownGroup,
         Error::Timeout(_) => ErrorCode::Timeout,
         Error::NotLeader { .. } => ErrorCode::NotLeader,
